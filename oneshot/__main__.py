@@ -1,0 +1,3 @@
+from oneshot.cli import main
+
+main()

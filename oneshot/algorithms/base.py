@@ -1,0 +1,229 @@
+"""The shared base of every search algorithm: supernet, architecture parameters, two-level
+manual optimization, logging and export.
+
+An algorithm subclass says only what differs: how a decision per edge is made
+(:meth:`SearchAlgorithm.decisions_for_weight_step`) and how the architecture parameters are
+updated (:meth:`SearchAlgorithm.architecture_step`). Both levels are optimized manually, as
+Lightning documents for more than one optimizer (``self.automatic_optimization = False``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from typing import Any, Mapping
+
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+import supernets
+from oneshot.arch_logging import log_architecture
+from supernets import Arch
+
+
+def all_reduce_mean(tensors: list[torch.Tensor]) -> None:
+    """Average tensors over the ranks in place; a no-op outside distributed runs."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    world = dist.get_world_size()
+    for t in tensors:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t.div_(world)
+
+
+class SearchAlgorithm(L.LightningModule):
+    """Supernet + architecture parameters keyed by edge label, trained at two levels.
+
+    Args:
+        space: registered search space name (``supernets.names()``).
+        space_options: keyword arguments of the space's ``build_supernet`` (C, N, layers, ...).
+        num_classes: classes of the dataset (linked from the data module by the CLI).
+        in_channels: image channels (linked from the data module by the CLI).
+        learning_rate: weight SGD lr (DARTS ``--learning_rate`` 0.025).
+        learning_rate_min: cosine floor (DARTS ``--learning_rate_min`` 0.001).
+        momentum: weight SGD momentum (0.9).
+        weight_decay: weight SGD weight decay (DARTS 3e-4; NB201 5e-4).
+        nesterov: Nesterov momentum (off in DARTS; on in NB201's search configs).
+        grad_clip: max norm of the weight gradient (DARTS ``--grad_clip`` 5).
+        arch_learning_rate: Adam lr of the architecture parameters (DARTS 3e-4).
+        arch_betas: Adam betas (DARTS (0.5, 0.999)).
+        arch_weight_decay: Adam weight decay (DARTS ``--arch_weight_decay`` 1e-3).
+        alpha_init_std: architecture parameters start as ``alpha_init_std * randn`` (DARTS 1e-3).
+    """
+
+    def __init__(self, space: str = "nb201", space_options: dict[str, Any] | None = None,
+                 num_classes: int = 10, in_channels: int = 3,
+                 learning_rate: float = 0.025, learning_rate_min: float = 0.001,
+                 momentum: float = 0.9, weight_decay: float = 3e-4, nesterov: bool = False,
+                 grad_clip: float = 5.0, arch_learning_rate: float = 3e-4,
+                 arch_betas: tuple[float, float] = (0.5, 0.999), arch_weight_decay: float = 1e-3,
+                 alpha_init_std: float = 1e-3):
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.space = supernets.get(space)
+        self.supernet = self.space.build_supernet(num_classes=num_classes, in_channels=in_channels,
+                                                  **(space_options or {}))
+        self.alphas = nn.ParameterDict({
+            label: nn.Parameter(alpha_init_std * torch.randn(len(ops)))
+            for label, ops in self.supernet.edges.items()
+        })
+
+    # --- what subclasses change ------------------------------------------------------------
+    def arch_weights(self) -> dict[str, torch.Tensor]:
+        """The architecture distribution per edge label (softmax over candidates)."""
+        return {label: F.softmax(alpha, dim=-1) for label, alpha in self.alphas.items()}
+
+    def decisions_for_weight_step(self) -> dict[str, Any]:
+        """Decisions used to train the supernet weights (dense DARTS mixing by default)."""
+        return self.arch_weights()
+
+    def architecture_step(self, train_batch: Any, val_batch: Any) -> torch.Tensor:
+        """Update the architecture parameters; return the loss it minimised (detached)."""
+        raise NotImplementedError
+
+    arch_step_first: bool = True  # DARTS order: architecture step, then weight step
+
+    # --- the two levels ------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, decisions: Mapping[str, Any] | None = None) -> torch.Tensor:
+        return self.supernet(x, self.arch_weights() if decisions is None else decisions)
+
+    def loss_and_accuracy(self, batch: Any, decisions: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch
+        logits = self.supernet(x, decisions)
+        return F.cross_entropy(logits, y), (logits.argmax(-1) == y).float().mean()
+
+    def weight_step(self, train_batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SGD step of the supernet weights with the gradient clipped to ``grad_clip``."""
+        weight_optimizer, _ = self.optimizers()
+        weight_optimizer.zero_grad()
+        loss, accuracy = self.loss_and_accuracy(train_batch, self.decisions_for_weight_step())
+        self.manual_backward(loss)
+        if self.hparams.grad_clip:
+            self.clip_gradients(weight_optimizer, gradient_clip_val=self.hparams.grad_clip,
+                                gradient_clip_algorithm="norm")
+        weight_optimizer.step()
+        return loss.detach(), accuracy.detach()
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        train_batch, val_batch = batch["train"], batch["val"]
+        if self.arch_step_first:
+            arch_loss = self.architecture_step(train_batch, val_batch)
+            loss, accuracy = self.weight_step(train_batch)
+        else:
+            loss, accuracy = self.weight_step(train_batch)
+            arch_loss = self.architecture_step(train_batch, val_batch)
+        size = train_batch[0].shape[0]
+        self.log_dict({"train_loss": loss, "train_acc": accuracy}, prog_bar=True, on_step=False,
+                      on_epoch=True, batch_size=size, sync_dist=True)
+        if arch_loss is not None:
+            self.log("arch_loss", arch_loss, on_step=False, on_epoch=True,
+                     batch_size=val_batch[0].shape[0], sync_dist=True)
+
+    def on_train_epoch_start(self) -> None:
+        # One cosine step per epoch, taken at the start of the epoch as DARTS does; catching up
+        # to the epoch counter also makes a resumed run continue on the right learning rate.
+        weight_scheduler = self.lr_schedulers()
+        while weight_scheduler.last_epoch < self.current_epoch:
+            weight_scheduler.step()
+
+    def on_train_epoch_end(self) -> None:
+        self.log("lr", self.lr_schedulers().get_last_lr()[0], on_epoch=True)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        loss, accuracy = self.loss_and_accuracy(batch, self.arch_weights())
+        self.log_dict({"val_loss": loss, "val_acc": accuracy}, prog_bar=True, on_epoch=True,
+                      batch_size=batch[0].shape[0], sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        arch = self.export()
+        if self.trainer.is_global_zero:
+            log_architecture(self.logger, self.current_epoch, self.arch_weights(), self.supernet.edges,
+                             self.space, arch)
+            self.write_arch(arch)
+
+    # --- optimizers ------------------------------------------------------------------------------
+    def architecture_parameters(self) -> list[nn.Parameter]:
+        return list(self.alphas.values())
+
+    def configure_optimizers(self):
+        h = self.hparams
+        weights = torch.optim.SGD(self.supernet.parameters(), lr=h.learning_rate, momentum=h.momentum,
+                                  weight_decay=h.weight_decay, nesterov=h.nesterov)
+        epochs = max(int(self.trainer.max_epochs or 1), 1)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(weights, T_max=epochs,
+                                                              eta_min=h.learning_rate_min)
+        arch = torch.optim.Adam(self.architecture_parameters(), lr=h.arch_learning_rate,
+                                betas=tuple(h.arch_betas), weight_decay=h.arch_weight_decay)
+        return [weights, arch], [schedule]
+
+    # --- export and artifacts -------------------------------------------------------------------
+    @torch.no_grad()
+    def export(self) -> Arch:
+        """The current architecture by the space's rule (argmax for NB201, top-2 for DARTS)."""
+        return self.space.discretize({k: w.detach().cpu() for k, w in self.arch_weights().items()})
+
+    def write_arch(self, arch: Arch, directory: str | None = None) -> str | None:
+        """Write ``arch.json`` (space, canonical string, choices, epoch) into the run directory."""
+        directory = directory or (self.trainer.log_dir if self._trainer is not None else None)
+        if directory is None:
+            return None
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, "arch.json")
+        record = {"space": arch.space, "arch": self.space.format(arch), "choices": arch.to_json()["choices"],
+                  "algorithm": type(self).__name__, "epoch": int(self.current_epoch),
+                  "rule": "space default", "weights": {k: [round(float(p), 6) for p in w]
+                                                       for k, w in self.arch_weights().items()}}
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(record, f, indent=1)
+        os.replace(tmp, path)  # never leave a half-written file behind
+        return path
+
+    # --- checkpoints: identity of the run and exact resumption ------------------------------
+    def checkpoint_identity(self) -> dict[str, Any]:
+        return {"space": self.space.name, "algorithm": type(self).__name__,
+                "edges": list(self.supernet.edges)}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["oneshot"] = self.checkpoint_identity()
+        checkpoint["rng_states"] = {"python": random.getstate(), "numpy": np.random.get_state(),
+                                    "torch": torch.get_rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_checkpoint_identity(checkpoint, self.checkpoint_identity())
+        states = checkpoint.get("rng_states")
+        if states:  # continue the random stream exactly where the run stopped
+            random.setstate(states["python"])
+            np.random.set_state(states["numpy"])
+            torch.set_rng_state(states["torch"])
+
+    def on_train_end(self) -> None:
+        """Check that every rank ended with the same architecture parameters."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        flat = torch.cat([a.detach().flatten() for a in self.alphas.values()])
+        reference = flat.clone()
+        dist.broadcast(reference, src=0)
+        if not torch.equal(flat, reference):
+            raise RuntimeError(f"rank {dist.get_rank()} ended with architecture parameters that differ "
+                               f"from rank 0 by {(flat - reference).abs().max():.3g}")
+
+
+def check_checkpoint_identity(checkpoint: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
+    """Raise ValueError if a checkpoint comes from another space or algorithm."""
+    found = checkpoint.get("oneshot")
+    if found is None:
+        raise ValueError("this checkpoint was not written by `oneshot search` (no 'oneshot' entry); "
+                         "pass a RUN/checkpoints/last.ckpt from a search run")
+    for key in ("space", "algorithm", "edges"):
+        if found.get(key) != expected.get(key):
+            shown = (found.get(key), expected.get(key)) if key != "edges" else ("other edges", "these edges")
+            raise ValueError(f"checkpoint {key} is {shown[0]!r} but this run's is {shown[1]!r}: resume with "
+                             f"the config of the run that wrote the checkpoint")

@@ -1,0 +1,124 @@
+"""The ``oneshot`` command: ``search`` (LightningCLI under our own dispatcher) and ``info``.
+
+``oneshot search`` with no arguments runs DARTS on NAS-Bench-201 over the embedded digits
+dataset, offline, in minutes on a CPU. ``--config experiments/<setting>.yaml`` reproduces a
+paper's search; dotted overrides (``--trainer.max_epochs 3``) and ``--print_config`` work as in
+LightningCLI. ``--ckpt_path RUN/checkpoints/last.ckpt`` resumes an interrupted search.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+import torch
+
+COMMANDS = {
+    "search": "train a supernet and export its architecture (LightningCLI; --help for options)",
+    "info": "index, parameters and FLOPs of an architecture, or the table of a whole space",
+}
+
+
+class UserError(Exception):
+    """A mistake in the input that the message explains; printed without a traceback."""
+
+
+def _search(argv: list[str]) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.cli import LightningCLI
+
+    from oneshot.algorithms import SearchAlgorithm
+    from oneshot.algorithms.base import check_checkpoint_identity
+    from oneshot.data import ImageDataModule
+
+    class SearchCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument("--ckpt_path", type=Optional[str], default=None,
+                                help="resume from this checkpoint (RUN/checkpoints/last.ckpt)")
+            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.set_defaults({"checkpoint.save_last": True,
+                                 "model": {"class_path": "oneshot.algorithms.DartsSearch"},
+                                 "data": {"class_path": "oneshot.data.DigitsDataModule"}})
+            parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+            parser.link_arguments("data.in_channels", "model.init_args.in_channels", apply_on="instantiate")
+
+    cli = SearchCLI(
+        SearchAlgorithm, ImageDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        run=False, args=argv, seed_everything_default=2,  # DARTS train_search.py --seed 2
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "max_epochs": 10, "num_sanity_val_steps": 0, "log_every_n_steps": 10,
+            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                       "init_args": {"save_dir": "runs", "name": "search"}},
+        },
+    )
+    ckpt_path = cli.config.get("ckpt_path")
+    if ckpt_path:
+        if not os.path.isfile(ckpt_path):
+            raise UserError(f"--ckpt_path {ckpt_path}: no such file; pass RUN/checkpoints/last.ckpt of a search run")
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        try:
+            check_checkpoint_identity(checkpoint, cli.model.checkpoint_identity())
+        except ValueError as error:
+            raise UserError(f"--ckpt_path {ckpt_path}: {error}") from None
+        del checkpoint
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    if cli.trainer.is_global_zero and not cli.trainer.interrupted:
+        arch = cli.model.export()
+        path = cli.model.write_arch(arch, cli.trainer.log_dir)
+        print(f"architecture: {cli.model.space.format(arch)}\nrun directory: {cli.trainer.log_dir}\n"
+              f"wrote {path}")
+
+
+def _info(argv: list[str]) -> None:
+    import argparse
+
+    import supernets
+    from oneshot.info import describe, write_space_table
+
+    parser = argparse.ArgumentParser(prog="oneshot info", description=COMMANDS["info"])
+    parser.add_argument("--space", required=True, help=f"one of {', '.join(supernets.names())}")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--arch", help="canonical string, JSON, or an arch.json file")
+    what.add_argument("--genotype", help="a published architecture of the space, e.g. DARTS_V2")
+    what.add_argument("--index", type=int, help="NAS-Bench-201 benchmark index")
+    what.add_argument("--all", action="store_true", help="every architecture (enumerable spaces only)")
+    parser.add_argument("--out", help="CSV file for --all (default: stdout)")
+    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--C", type=int, default=None, help="initial channels (DARTS evaluation: 36)")
+    parser.add_argument("--layers", type=int, default=None, help="cells (DARTS evaluation: 20)")
+    args = parser.parse_args(argv)
+    try:
+        space = supernets.get(args.space)
+    except KeyError as error:
+        raise UserError(error.args[0]) from None
+    options = {k: v for k, v in (("C", args.C), ("layers", args.layers)) if v is not None}
+    if args.all:
+        write_space_table(space, args.out, num_classes=args.num_classes, **options)
+        return
+    print(describe(space, arch=args.arch, genotype=args.genotype, index=args.index,
+                   num_classes=args.num_classes, **options))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
+        print("usage: oneshot {" + ",".join(COMMANDS) + "} [options]\n\n" + "\n".join(lines))
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\noneshot: error: unknown command {argv[0]!r}", file=sys.stderr)
+            sys.exit(2)
+        return
+    command, rest = argv[0], argv[1:]
+    try:
+        {"search": _search, "info": _info}[command](rest)
+    except (UserError, FileNotFoundError, KeyError, ValueError) as error:
+        if os.environ.get("ONESHOT_DEBUG"):
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"oneshot {command}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

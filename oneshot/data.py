@@ -1,0 +1,493 @@
+"""Data modules for one-shot NAS: a train set, a test set and the bilevel search split.
+
+Bilevel search (DARTS, quark0/darts ``cnn/train_search.py``) trains the network weights on one half of
+the training data and the architecture parameters on the other half, and both halves use the
+*training* augmentation. :class:`ImageDataModule` implements that split once; the subclasses only say
+where the images come from and how they are augmented.
+
+Sources of every constant are cited next to it. Papers' repositories read:
+quark0/darts (``cnn/train_search.py``, ``cnn/utils.py``, ``cnn/train_imagenet.py``) and
+D-X-Y/AutoDL-Projects (``xautodl/datasets/get_dataset_with_transform.py``,
+``xautodl/datasets/DownsampledImageNet.py``, ``configs/nas-benchmark/*split*.txt``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning
+import numpy as np
+import torch
+from lightning.pytorch.utilities import CombinedLoader
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import datasets as tvd
+from torchvision import transforms as T
+
+Transform = Callable[[Any], Any] | None
+
+
+# --------------------------------------------------------------------------------------------
+# Small datasets and helpers
+# --------------------------------------------------------------------------------------------
+class TransformedView(Dataset):
+    """Applies a transform to an untransformed dataset, so the raw data are loaded only once
+    while the train-augmented and eval views share them."""
+
+    def __init__(self, base: Dataset, transform: Transform) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image, label = self.base[index]
+        return (self.transform(image) if self.transform is not None else image), int(label)
+
+
+class TensorImageDataset(Dataset):
+    """In-memory (N, C, H, W) float images; the transform works on tensors (fast, no PIL)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Transform = None) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.images[index]
+        return (self.transform(image) if self.transform is not None else image), int(self.labels[index])
+
+
+class ImageNet16Dataset(Dataset):
+    """Downsampled 16x16 ImageNet as read by NAS-Bench-201 (AutoDL ``DownsampledImageNet.py``).
+
+    Files ``train_data_batch_1..10`` (train) and ``val_data`` (test) are pickled dicts with ``data``
+    (N x 3072 uint8, channel-major 3x16x16) and 1-based ``labels``. Only labels ``1..num_classes`` are
+    kept and shifted to 0-based, as AutoDL does (ImageNet16-120: 151,700 train / 6,000 test images,
+    per the asserts in ``get_dataset_with_transform.py``). Unlike AutoDL, md5 sums are not checked.
+    """
+
+    train_files = [f"train_data_batch_{i}" for i in range(1, 11)]
+    test_files = ["val_data"]
+
+    def __init__(self, root: str | Path, train: bool, transform: Transform = None,
+                 num_classes: int = 120) -> None:
+        chunks, labels = [], []
+        for name in self.train_files if train else self.test_files:
+            with open(Path(root) / name, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")  # the files were written by Python 2
+            chunks.append(np.asarray(entry["data"], dtype=np.uint8))
+            labels.append(np.asarray(entry["labels"], dtype=np.int64))
+        data, targets = np.concatenate(chunks), np.concatenate(labels)
+        keep = (targets >= 1) & (targets <= num_classes)
+        self.data = data[keep].reshape(-1, 3, 16, 16).transpose(0, 2, 3, 1)  # HWC for PIL
+        self.targets = (targets[keep] - 1).tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = Image.fromarray(self.data[index])
+        return (self.transform(image) if self.transform is not None else image), self.targets[index]
+
+
+def read_split_file(path: str | Path) -> dict[str, list[int]]:
+    """Reads an NB201 split file (AutoDL config format, ``configs/nas-benchmark/*split*.txt``).
+
+    The file is JSON, each entry ``"name": ["int", ["0", "5", ...]]`` (a type tag and the indices as
+    strings). ``cifar-split.txt`` has ``train``/``valid`` (indices into the CIFAR-10 train set);
+    ``cifar100-test-split.txt`` and ``imagenet-16-120-test-split.txt`` have ``xvalid``/``xtest``
+    (indices into the test set). A plain list of integers is accepted too.
+    """
+    with open(path) as f:
+        raw = json.load(f)
+    out: dict[str, list[int]] = {}
+    for key, value in raw.items():
+        if len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], list):
+            if value[0] != "int":
+                raise ValueError(f"split file {path}: entry {key!r} has type {value[0]!r}, expected 'int'")
+            value = value[1]
+        out[key] = [int(v) for v in value]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Base data module
+# --------------------------------------------------------------------------------------------
+class ImageDataModule(lightning.LightningDataModule):
+    """Shared base: a train set, a test set, the bilevel search split, loaders.
+
+    Args:
+        root: folder holding the dataset files.
+        batch_size: batch size of each training loader (DARTS uses 64 for both halves).
+        eval_batch_size: batch size of validation/test loaders; defaults to ``batch_size``.
+        num_workers: DataLoader workers.
+        train_portion: fraction of the train set (first indices) that trains the weights; the rest
+            trains the architecture (DARTS ``--train_portion 0.5``). Ignored when ``split_file`` is set.
+        split_file: NB201 split file (see :func:`read_split_file`). With ``train``/``valid`` entries
+            those train-set indices are the weight/architecture halves (NB201 CIFAR-10). With
+            ``xvalid``/``xtest`` the whole train set trains the weights, the test-set images in
+            ``xvalid`` train the architecture and the test loader covers only ``xtest`` (NB201
+            CIFAR-100 and ImageNet16-120).
+        bilevel: True for search (two-half train loader, architecture half as validation);
+            False for retraining (whole train set, test set as validation).
+        download: let torchvision download the data where it can.
+        seed: seeds the digits test hold-out and any pre-split permutation.
+    """
+
+    num_classes: int
+    in_channels: int = 3
+    image_size: int
+    display_name: str = "dataset"
+    shuffle_before_split: bool = False  # set where the files are ordered by class (ImageFolder)
+    can_download: bool = False
+
+    def __init__(self, root: str = "data", batch_size: int = 64, eval_batch_size: int | None = None,
+                 num_workers: int = 0, train_portion: float = 0.5, split_file: str | None = None,
+                 bilevel: bool = True, download: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        if not 0.0 < train_portion < 1.0:
+            raise ValueError(f"train_portion={train_portion} is invalid: "
+                             "it must lie in the open interval (0, 1)")
+        self.root, self.batch_size = str(root), batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers, self.train_portion, self.split_file = num_workers, train_portion, split_file
+        self.bilevel, self.download, self.seed = bilevel, download, seed
+        self.train_set: Dataset | None = None  # whole train set, train transform
+
+    # -- subclass hooks ---------------------------------------------------------------------
+    def build_train_set(self, transform: Transform) -> Dataset:
+        """The train set; ``setup`` passes ``transform=None`` and applies transforms through
+        :class:`TransformedView`, so the raw images are loaded once for all views."""
+        raise NotImplementedError
+
+    def build_test_set(self, transform: Transform) -> Dataset:
+        """The test set (same convention as :meth:`build_train_set`)."""
+        raise NotImplementedError
+
+    def train_transform(self) -> Transform:
+        raise NotImplementedError
+
+    def eval_transform(self) -> Transform:
+        raise NotImplementedError
+
+    def required_paths(self) -> list[Path]:
+        """Files or folders that must exist under ``root``; empty for embedded data."""
+        return []
+
+    def missing_data_fix(self) -> str:
+        """How to make the data available (part of the FileNotFoundError message)."""
+        names = ", ".join(p.name for p in self.required_paths())
+        return (f"pass --data.root DIR pointing at a folder that contains {names}, "
+                f"or --data.download true to let torchvision download it")
+
+    # -- Lightning hooks --------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Downloads (rank 0 only, by Lightning's contract) when allowed, then checks the files."""
+        if self.download and self.can_download and self._missing():
+            self.build_train_set(None)  # torchvision downloads on construction
+            self.build_test_set(None)
+        self.check_data()
+
+    def check_data(self) -> None:
+        """Raises FileNotFoundError before any training when the data are not under ``root``."""
+        missing = self._missing()
+        if missing:
+            looked = ", ".join(str(p.resolve()) for p in missing)
+            raise FileNotFoundError(f"{self.display_name} not found: looked for {looked}. "
+                                    f"Fix: {self.missing_data_fix()}.")
+
+    def _missing(self) -> list[Path]:
+        return [p for p in self.required_paths() if not p.exists()]
+
+    def setup(self, stage: str | None = None) -> None:
+        """Builds the datasets and the split once (idempotent). Outside a Trainer with
+        ``download=True``, call :meth:`prepare_data` first."""
+        if self.train_set is not None:
+            return
+        self.check_data()
+        raw_train, raw_test = self.build_train_set(None), self.build_test_set(None)
+        train_tf, eval_tf = self.train_transform(), self.eval_transform()
+        self.train_set = TransformedView(raw_train, train_tf)
+        self.test_set: Dataset = TransformedView(raw_test, eval_tf)
+        weight_idx, arch_source, arch_idx, test_idx = self._split(len(raw_train), len(raw_test))
+        raw_arch = raw_test if arch_source == "test" else raw_train
+        self.weight_set: Dataset = Subset(self.train_set, weight_idx)
+        self.arch_set: Dataset = Subset(TransformedView(raw_arch, train_tf), arch_idx)  # DARTS: train aug
+        self.arch_eval_set: Dataset = Subset(TransformedView(raw_arch, eval_tf), arch_idx)  # monitoring
+        if test_idx is not None:
+            self.test_set = Subset(self.test_set, test_idx)
+
+    def _split(self, n_train: int, n_test: int) -> tuple[list[int], str, list[int], list[int] | None]:
+        """Returns (weight indices, 'train'|'test' source of the arch half, arch indices, test indices)."""
+        if self.split_file is None:
+            order = list(range(n_train))
+            if self.shuffle_before_split:
+                order = torch.randperm(n_train, generator=torch.Generator().manual_seed(self.seed)).tolist()
+            cut = int(math.floor(self.train_portion * n_train))  # DARTS: split = int(floor(portion * N))
+            if cut == 0 or cut == n_train:
+                raise ValueError(f"train_portion={self.train_portion} leaves an empty half "
+                                 f"of {n_train} images")
+            return order[:cut], "train", order[cut:], None
+        split = read_split_file(self.split_file)
+        if "train" in split and "valid" in split:  # NB201 cifar-split.txt
+            self._check_indices(split["train"] + split["valid"], n_train, "train")
+            return split["train"], "train", split["valid"], None
+        if "xvalid" in split:  # NB201 cifar100-test-split.txt / imagenet-16-120-test-split.txt
+            self._check_indices(split["xvalid"] + split.get("xtest", []), n_test, "test")
+            return list(range(n_train)), "test", split["xvalid"], split.get("xtest")
+        raise ValueError(f"split file {self.split_file} has keys {sorted(split)}; "
+                         "expected 'train' and 'valid', or 'xvalid' (and optionally 'xtest')")
+
+    def _check_indices(self, indices: list[int], size: int, which: str) -> None:
+        bad = [i for i in indices if not 0 <= i < size]
+        if bad:
+            raise ValueError(f"split file {self.split_file}: index {bad[0]} is outside the {which} set "
+                             f"of {self.display_name} ({size} images)")
+
+    # -- loaders ----------------------------------------------------------------------------
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        # plain DataLoader(shuffle=...) so that Lightning can swap in a DistributedSampler under DDP
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> CombinedLoader | DataLoader:
+        self.setup()
+        if not self.bilevel:
+            return self._loader(self.train_set, self.batch_size, shuffle=True)
+        return CombinedLoader({"train": self._loader(self.weight_set, self.batch_size, shuffle=True),
+                               "val": self._loader(self.arch_set, self.batch_size, shuffle=True)},
+                              mode="max_size_cycle")
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        if not self.bilevel:
+            return self.test_dataloader()
+        return self._loader(self.arch_eval_set, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets
+# --------------------------------------------------------------------------------------------
+class DigitsDataModule(ImageDataModule):
+    """scikit-learn's 8x8 digits (1,797 images, 10 classes): the offline default, no files needed.
+
+    A stratified 20% (seeded by ``seed``) is held out as the test set; pixels 0..16 are scaled to
+    0..1 and normalised with the train-set pixel mean/std. ``download`` and ``root`` are unused.
+    """
+
+    num_classes, in_channels, image_size, display_name = 10, 1, 8, "digits"
+
+    def _arrays(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not hasattr(self, "_cache"):
+            from sklearn.datasets import load_digits
+            from sklearn.model_selection import train_test_split
+
+            x, y = load_digits(return_X_y=True)
+            x = (x / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)  # pixel values are 0..16
+            xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.2, stratify=y, random_state=self.seed)
+            self._cache = tuple(torch.from_numpy(a) for a in (xtr, ytr, xte, yte))
+        return self._cache  # type: ignore[return-value]
+
+    def _normalize(self) -> T.Normalize:
+        xtr = self._arrays()[0]
+        return T.Normalize((float(xtr.mean()),), (float(xtr.std()),))
+
+    def build_train_set(self, transform: Transform) -> Dataset:
+        xtr, ytr, _, _ = self._arrays()
+        return TensorImageDataset(xtr, ytr, transform)
+
+    def build_test_set(self, transform: Transform) -> Dataset:
+        _, _, xte, yte = self._arrays()
+        return TensorImageDataset(xte, yte, transform)
+
+    def train_transform(self) -> Transform:
+        return T.Compose([T.RandomCrop(8, padding=1), self._normalize()])  # CIFAR's pad-4-of-32, scaled down
+
+    def eval_transform(self) -> Transform:
+        return self._normalize()
+
+
+# DARTS cnn/utils.py _data_transforms_cifar10: CIFAR_MEAN / CIFAR_STD
+DARTS_CIFAR10_STATS = ((0.49139968, 0.48215827, 0.44653124), (0.24703233, 0.24348505, 0.26158768))
+# AutoDL xautodl/datasets/get_dataset_with_transform.py get_datasets(): 0..255 values divided by 255
+def _over255(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    return tuple(v / 255 for v in mean), tuple(v / 255 for v in std)
+
+
+NB201_CIFAR10_STATS = _over255((125.3, 123.0, 113.9), (63.0, 62.1, 66.7))
+NB201_CIFAR100_STATS = _over255((129.3, 124.1, 112.4), (68.2, 65.4, 70.4))
+NB201_IMAGENET16_STATS = _over255((122.68, 116.66, 104.01), (63.22, 61.26, 65.09))
+# Standard ImageNet statistics (DARTS cnn/train_imagenet.py, AutoDL get_dataset_with_transform.py)
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# SVHN: per-channel mean/std computed from the SVHN train split pixels (widely used values, not from a
+# NAS paper's code and not recomputed here, since the data are not available offline)
+SVHN_STATS = ((0.4377, 0.4438, 0.4728), (0.198, 0.201, 0.197))
+
+
+def _crop_flip(size: int, padding: int, stats: tuple, flip: bool = True) -> T.Compose:
+    ops: list[Any] = [T.RandomCrop(size, padding=padding)] + ([T.RandomHorizontalFlip()] if flip else [])
+    return T.Compose(ops + [T.ToTensor(), T.Normalize(*stats)])
+
+
+class CIFAR10DataModule(ImageDataModule):
+    """CIFAR-10 (torchvision layout ``root/cifar-10-batches-py``).
+
+    Train aug: RandomCrop(32, pad 4) + HFlip (DARTS ``utils.py``; NB201 uses the same ops, flip first).
+    ``normalization``: ``"darts"`` uses DARTS' mean/std, ``"nb201"`` NAS-Bench-201's (use it with
+    NB201's ``cifar-split.txt`` to reproduce the NB201 search).
+    """
+
+    num_classes, image_size, display_name, can_download = 10, 32, "CIFAR-10", True
+    folder, tv_class, stats = "cifar-10-batches-py", tvd.CIFAR10, {"darts": DARTS_CIFAR10_STATS,
+                                                                   "nb201": NB201_CIFAR10_STATS}
+
+    def __init__(self, root: str = "data", batch_size: int = 64, eval_batch_size: int | None = None,
+                 num_workers: int = 0, train_portion: float = 0.5, split_file: str | None = None,
+                 bilevel: bool = True, download: bool = False, seed: int = 0,
+                 normalization: str = "darts") -> None:
+        super().__init__(root, batch_size, eval_batch_size, num_workers, train_portion, split_file,
+                         bilevel, download, seed)
+        if normalization not in self.stats:
+            raise ValueError(f"normalization={normalization!r}; choose one of {sorted(self.stats)}")
+        self.normalization = normalization
+
+    def required_paths(self) -> list[Path]:
+        return [Path(self.root) / self.folder]
+
+    def build_train_set(self, transform: Transform) -> Dataset:
+        return self.tv_class(self.root, train=True, transform=transform, download=self.download)
+
+    def build_test_set(self, transform: Transform) -> Dataset:
+        return self.tv_class(self.root, train=False, transform=transform, download=self.download)
+
+    def train_transform(self) -> Transform:
+        return _crop_flip(32, 4, self.stats[self.normalization])
+
+    def eval_transform(self) -> Transform:
+        return T.Compose([T.ToTensor(), T.Normalize(*self.stats[self.normalization])])
+
+
+class CIFAR100DataModule(CIFAR10DataModule):
+    """CIFAR-100 (``root/cifar-100-python``); NB201 statistics only (DARTS defines none for it)."""
+
+    num_classes, display_name = 100, "CIFAR-100"
+    folder, tv_class, stats = "cifar-100-python", tvd.CIFAR100, {"nb201": NB201_CIFAR100_STATS}
+
+    def __init__(self, root: str = "data", batch_size: int = 64, eval_batch_size: int | None = None,
+                 num_workers: int = 0, train_portion: float = 0.5, split_file: str | None = None,
+                 bilevel: bool = True, download: bool = False, seed: int = 0) -> None:
+        super().__init__(root, batch_size, eval_batch_size, num_workers, train_portion, split_file,
+                         bilevel, download, seed, normalization="nb201")
+
+
+class SVHNDataModule(ImageDataModule):
+    """SVHN (torchvision ``root/train_32x32.mat``, ``root/test_32x32.mat``); no flip, digits are not
+    mirror-symmetric."""
+
+    num_classes, image_size, display_name, can_download = 10, 32, "SVHN", True
+
+    def required_paths(self) -> list[Path]:
+        return [Path(self.root) / "train_32x32.mat", Path(self.root) / "test_32x32.mat"]
+
+    def build_train_set(self, transform: Transform) -> Dataset:
+        return tvd.SVHN(self.root, split="train", transform=transform, download=self.download)
+
+    def build_test_set(self, transform: Transform) -> Dataset:
+        return tvd.SVHN(self.root, split="test", transform=transform, download=self.download)
+
+    def train_transform(self) -> Transform:
+        return _crop_flip(32, 4, SVHN_STATS, flip=False)
+
+    def eval_transform(self) -> Transform:
+        return T.Compose([T.ToTensor(), T.Normalize(*SVHN_STATS)])
+
+
+class ImageNet16DataModule(ImageDataModule):
+    """ImageNet16-120 (NB201): the first 120 classes of 16x16 downsampled ImageNet.
+
+    Files are read from ``root/ImageNet16`` if that folder exists, else from ``root``. Train aug
+    HFlip + RandomCrop(16, pad 2) (AutoDL ``get_dataset_with_transform.py``).
+    """
+
+    num_classes, image_size, display_name = 120, 16, "ImageNet16-120"
+
+    def data_dir(self) -> Path:
+        sub = Path(self.root) / "ImageNet16"
+        return sub if sub.is_dir() else Path(self.root)
+
+    def required_paths(self) -> list[Path]:
+        return [self.data_dir() / n for n in ImageNet16Dataset.train_files + ImageNet16Dataset.test_files]
+
+    def missing_data_fix(self) -> str:
+        return ("it cannot be downloaded automatically: get the 16x16 'Downsampled ImageNet' pickles "
+                "(Imagenet16_train / Imagenet16_val, https://image-net.org/download-images, "
+                "Chrabaszcz et al. 2017) and pass --data.root DIR where DIR (or DIR/ImageNet16) "
+                "holds train_data_batch_1..10 and val_data")
+
+    def build_train_set(self, transform: Transform) -> Dataset:
+        return ImageNet16Dataset(self.data_dir(), True, transform, self.num_classes)
+
+    def build_test_set(self, transform: Transform) -> Dataset:
+        return ImageNet16Dataset(self.data_dir(), False, transform, self.num_classes)
+
+    def train_transform(self) -> Transform:
+        return _crop_flip(16, 2, NB201_IMAGENET16_STATS)
+
+    def eval_transform(self) -> Transform:
+        return T.Compose([T.ToTensor(), T.Normalize(*NB201_IMAGENET16_STATS)])
+
+
+class ImageNetDataModule(ImageDataModule):
+    """ImageNet-1k in ImageFolder layout (``root/train``, ``root/val``).
+
+    ImageFolder lists images class by class, so the search split is taken after a seeded
+    permutation (an index split would give the two halves disjoint classes).
+    Train aug from DARTS ``train_imagenet.py``: RandomResizedCrop 224 + HFlip + ColorJitter(0.4, 0.4,
+    0.4, 0.2); eval: Resize 256 + CenterCrop 224.
+    """
+
+    num_classes, image_size, display_name, shuffle_before_split = 1000, 224, "ImageNet", True
+
+    def required_paths(self) -> list[Path]:
+        return [Path(self.root) / "train", Path(self.root) / "val"]
+
+    def missing_data_fix(self) -> str:
+        return ("it cannot be downloaded automatically: get ILSVRC2012 from https://image-net.org, "
+                "put train/ and val/ (one sub-folder per class) under DIR and pass --data.root DIR")
+
+    def build_train_set(self, transform: Transform) -> Dataset:
+        return tvd.ImageFolder(os.path.join(self.root, "train"), transform=transform)
+
+    def build_test_set(self, transform: Transform) -> Dataset:
+        return tvd.ImageFolder(os.path.join(self.root, "val"), transform=transform)
+
+    def train_transform(self) -> Transform:
+        return T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(),
+                          T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2),
+                          T.ToTensor(), T.Normalize(*IMAGENET_STATS)])
+
+    def eval_transform(self) -> Transform:
+        return T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(*IMAGENET_STATS)])
+
+
+DATAMODULES: dict[str, type[ImageDataModule]] = {
+    "digits": DigitsDataModule,
+    "cifar10": CIFAR10DataModule,
+    "cifar100": CIFAR100DataModule,
+    "svhn": SVHNDataModule,
+    "imagenet16-120": ImageNet16DataModule,
+    "imagenet": ImageNetDataModule,
+}

@@ -1,0 +1,64 @@
+"""``oneshot info``: what an architecture costs, and the table of a whole space.
+
+Parameters and FLOPs come from the built stand-alone network (``SearchSpace.cost``), at the
+space's evaluation size unless ``C``/``layers`` say otherwise (DARTS: C=36, 20 cells).
+"""
+from __future__ import annotations
+
+import csv
+import sys
+from typing import Any
+
+from supernets import Arch, SearchSpace
+
+
+def resolve_arch(space: SearchSpace, arch: str | None = None, genotype: str | None = None,
+                 index: int | None = None) -> Arch:
+    """An Arch from exactly one of: a string/JSON/file, a published name, a benchmark index."""
+    if genotype is not None:
+        published = getattr(space, "genotypes", {})
+        if genotype not in published:
+            hint = "; published names belong to the darts space (--space darts)" if not published else ""
+            raise ValueError(f"unknown genotype {genotype!r} for space {space.name!r}; accepted: "
+                             f"{', '.join(published) or 'none'}{hint}")
+        return published[genotype]
+    if index is not None:
+        if not hasattr(space, "from_index"):
+            raise ValueError(f"space {space.name!r} has no benchmark index; use --arch")
+        return space.from_index(index)
+    if arch is None:
+        raise ValueError("give one of --arch, --genotype or --index")
+    return space.load(arch)
+
+
+def describe(space: SearchSpace, arch: str | None = None, genotype: str | None = None,
+             index: int | None = None, num_classes: int = 10, **options: Any) -> str:
+    """A few lines a researcher can paste: canonical string, index, params, FLOPs."""
+    resolved = resolve_arch(space, arch, genotype, index)
+    cost = space.cost(resolved, num_classes=num_classes, **options)
+    lines = [f"space:   {space.name}", f"arch:    {space.format(resolved)}"]
+    if hasattr(space, "index"):
+        lines.append(f"index:   {space.index(resolved)}")
+    if options:
+        lines.append("network: " + ", ".join(f"{k}={v}" for k, v in options.items()))
+    lines += [f"params:  {cost['params']:,} ({cost['params'] / 1e6:.6f} M, auxiliary head excluded)",
+              f"FLOPs:   {cost['macs'] / 1e6:.2f} M multiply-adds per image ({cost['flops'] / 1e6:.2f} M FLOPs)"]
+    return "\n".join(lines)
+
+
+def write_space_table(space: SearchSpace, out: str | None, num_classes: int = 10, **options: Any) -> None:
+    """CSV of every architecture: index, arch, params, FLOPs (multiply-adds)."""
+    handle = open(out, "w", newline="") if out else sys.stdout
+    try:
+        writer = csv.writer(handle)
+        writer.writerow(["index", "arch", "params", "flops_macs"])
+        archs = list(space.enumerate())
+        for i, arch in enumerate(archs):
+            cost = space.cost(arch, num_classes=num_classes, **options)
+            writer.writerow([space.index(arch) if hasattr(space, "index") else i, space.format(arch),
+                             cost["params"], int(cost["macs"])])
+            if out and (i + 1) % 1000 == 0:
+                print(f"{i + 1}/{len(archs)}", file=sys.stderr)
+    finally:
+        if out:
+            handle.close()

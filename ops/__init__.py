@@ -1,0 +1,6 @@
+"""Shared primitives: candidate operations and mixed operations (imports torch only)."""
+from ops.candidates import build_candidate, candidate_names, register_candidate
+from ops.mixed import Decision, MixedOp, SampledPath, weighted_sum
+
+__all__ = ["build_candidate", "candidate_names", "register_candidate", "Decision", "MixedOp",
+           "SampledPath", "weighted_sum"]

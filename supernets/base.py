@@ -1,0 +1,202 @@
+"""The currency every layer trades in (:class:`Arch`) and the interface of a search space.
+
+An Arch is an immutable mapping from choice label to option index (an int, or a tuple of ints),
+tagged with its space's name. It is JSON-serializable and has one canonical string per space
+(``SearchSpace.format``), so search, discretization, retraining and ranking all exchange it.
+"""
+from __future__ import annotations
+
+import json
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+Choice = Any  # int, or a (nested) tuple of ints
+
+
+def _freeze(value: Any) -> Choice:
+    """Lists from JSON back to tuples, recursively, so Archs hash and compare."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"an Arch choice is an int or a tuple of ints, not {value!r}")
+    return value
+
+
+class Arch(Mapping):
+    """Immutable mapping choice label -> option index, tagged with its space.
+
+    Example:
+        >>> a = Arch("nb201", {"1<-0": 3})
+        >>> a["1<-0"], a.space
+        (3, 'nb201')
+    """
+
+    __slots__ = ("_space", "_choices")
+
+    def __init__(self, space: str, choices: Mapping[str, Choice] | Iterable[tuple[str, Choice]]):
+        items = choices.items() if isinstance(choices, Mapping) else choices
+        object.__setattr__(self, "_space", space)
+        object.__setattr__(self, "_choices", tuple((str(k), _freeze(v)) for k, v in items))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Arch is immutable")
+
+    @property
+    def space(self) -> str:
+        return self._space
+
+    def __getitem__(self, label: str) -> Choice:
+        for key, value in self._choices:
+            if key == label:
+                return value
+        raise KeyError(label)
+
+    def __iter__(self) -> Iterator[str]:
+        return (key for key, _ in self._choices)
+
+    def __len__(self) -> int:
+        return len(self._choices)
+
+    def __hash__(self) -> int:
+        return hash((self._space, self._choices))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Arch):
+            return self._space == other._space and self._choices == other._choices
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"Arch({self._space!r}, {dict(self._choices)!r})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"space": self._space, "choices": {k: v for k, v in self._choices}}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Arch":
+        if "space" not in data or "choices" not in data:
+            raise ValueError("an arch JSON object needs the keys 'space' and 'choices'")
+        return cls(data["space"], data["choices"])
+
+
+class SearchSpace(ABC):
+    """What a search space offers; one subclass per space, registered in ``supernets``.
+
+    Subclasses set ``name`` and implement the abstract methods. ``decisions(arch)`` turns an
+    Arch into one decision per supernet edge label, so a subnet runs with inherited weights.
+    """
+
+    name: str = ""
+
+    # --- encoding ---------------------------------------------------------------------------
+    @abstractmethod
+    def parse(self, text: str) -> Arch:
+        """Canonical string (or JSON with ``space``/``choices``) -> Arch; ValueError if malformed."""
+
+    @abstractmethod
+    def format(self, arch: Arch) -> str:
+        """Arch -> canonical string."""
+
+    def check(self, arch: Arch) -> Arch:
+        """Raise ValueError if ``arch`` belongs to another space; return it otherwise."""
+        if not isinstance(arch, Arch):
+            raise TypeError(f"expected an Arch, got {type(arch).__name__}")
+        if arch.space != self.name:
+            raise ValueError(f"arch belongs to space {arch.space!r}, not {self.name!r}")
+        return arch
+
+    def load(self, text_or_path: str) -> Arch:
+        """An arch from a canonical string, a JSON string or an ``arch.json`` file."""
+        text = text_or_path.strip()
+        if not text.startswith(("{", "|", "Genotype")) and text.endswith(".json"):
+            with open(text) as f:
+                text = f.read()
+        if text.lstrip().startswith("{"):
+            data = json.loads(text)
+            data = data.get("arch", data) if "choices" not in data else data
+            return self.check(Arch.from_json(data))
+        return self.parse(text)
+
+    # --- sampling and evolution -------------------------------------------------------------
+    @abstractmethod
+    def sample(self, rng: random.Random | None = None) -> Arch:
+        """A uniformly random arch."""
+
+    @abstractmethod
+    def mutate(self, arch: Arch, rng: random.Random | None = None) -> Arch:
+        """Change one choice of ``arch`` to a different option."""
+
+    def crossover(self, a: Arch, b: Arch, rng: random.Random | None = None) -> Arch:
+        """Each choice taken from either parent with probability 1/2."""
+        rng = rng or random.Random()
+        self.check(a), self.check(b)
+        return Arch(self.name, {k: (a[k] if rng.random() < 0.5 else b[k]) for k in a})
+
+    def enumerate(self) -> Iterator[Arch]:
+        raise NotImplementedError(f"space {self.name!r} is too large to enumerate")
+
+    # --- networks -----------------------------------------------------------------------------
+    @abstractmethod
+    def build_supernet(self, num_classes: int = 10, **options: Any) -> "Supernet":
+        """The weight-sharing supernet."""
+
+    @abstractmethod
+    def build_network(self, arch: Arch, num_classes: int = 10, **options: Any) -> nn.Module:
+        """The stand-alone network of ``arch``."""
+
+    @abstractmethod
+    def decisions(self, arch: Arch) -> dict[str, Any]:
+        """One decision per supernet edge label that runs ``arch`` in the supernet."""
+
+    @abstractmethod
+    def discretize(self, weights: Mapping[str, torch.Tensor]) -> Arch:
+        """Architecture weights per edge label -> Arch, with the space's published rule."""
+
+    def cost(self, arch: Arch, num_classes: int = 10, input_size: tuple[int, ...] = (1, 3, 32, 32),
+             **options: Any) -> dict[str, float]:
+        """Parameters and FLOPs of the stand-alone network (see :func:`network_cost`)."""
+        return network_cost(self.build_network(self.check(arch), num_classes, **options), input_size)
+
+
+class Supernet(nn.Module):
+    """A supernet: ``edges`` maps each relaxation label to its candidate names (cells of one
+    type share labels), and ``forward(x, decisions)`` takes one decision per label."""
+
+    edges: dict[str, tuple[str, ...]]
+
+    def check_decisions(self, decisions: Mapping[str, Any]) -> None:
+        """Raise a KeyError naming missing or unknown labels."""
+        missing = [k for k in self.edges if k not in decisions]
+        unknown = [k for k in decisions if k not in self.edges]
+        if missing or unknown:
+            raise KeyError(f"decisions do not match the supernet edges: missing {missing}, "
+                           f"unknown {unknown}; expected labels {list(self.edges)}")
+
+
+def count_parameters(module: nn.Module, exclude: str | None = None) -> int:
+    """Number of parameters, leaving out those whose name contains ``exclude`` (e.g. 'auxiliary')."""
+    return sum(p.numel() for n, p in module.named_parameters() if not (exclude and exclude in n))
+
+
+@torch.no_grad()
+def network_cost(network: nn.Module, input_size: tuple[int, ...] = (1, 3, 32, 32)) -> dict[str, float]:
+    """Params (auxiliary heads excluded, as DARTS reports) and FLOPs of one forward of one image.
+
+    FLOPs come from ``torch.utils.flop_counter`` (a multiply-add counts as 2 FLOPs), measured on
+    the module itself rather than from per-op formulas. ``flops`` is reported in that unit and
+    ``macs`` = flops / 2, the unit most NAS papers print as "FLOPs".
+    """
+    was_training = network.training
+    network.eval()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        network(torch.zeros(input_size))
+    network.train(was_training)
+    flops = counter.get_total_flops() / input_size[0]
+    return {"params": count_parameters(network, exclude="auxiliary"), "flops": float(flops),
+            "macs": float(flops) / 2}

@@ -1,0 +1,580 @@
+"""The DARTS CNN search space: supernet, stand-alone CIFAR network, genotype encoding.
+
+Paper: "DARTS: Differentiable Architecture Search", Liu, Simonyan, Yang, ICLR 2019.
+Ref impl: quark0/darts@f276dd3 ``cnn/genotypes.py`` (primitives, published genotypes),
+``cnn/model_search.py`` (``Cell``, ``Network``, ``Network.genotype``: the supernet and the
+discretization rule) and ``cnn/model.py`` (``Cell``, ``NetworkCIFAR``, ``AuxiliaryHeadCIFAR``),
+``cnn/utils.py`` (``drop_path``). PC-DARTS' genotype: yuhuixu1993/PC-DARTS@b74702f
+``genotypes.py``; GDAS' DARTS-space genotype: D-X-Y/AutoDL-Projects@94a149b
+``xautodl/nas_infer_model/DXYs/genotypes.py``.
+
+A cell has two inputs (0 = s_{k-2}, 1 = s_{k-1}) and four intermediate nodes 2..5; node i reads
+every earlier state j < i through one edge. Supernet edge labels are ``"{cell_type}/{i}<-{j}"``
+(14 normal then 14 reduce, node by node, inputs in order: the DARTS alpha row order). An
+:class:`~supernets.base.Arch` of this space is node-based so that a genotype round-trips exactly:
+label ``"{cell_type}/{i}"`` -> ``((op_index, input), (op_index, input))`` in genotype order.
+"""
+from __future__ import annotations
+
+import ast
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+from ops.candidates import FactorizedReduce, Identity, ReLUConvBN, build_candidate
+from ops.mixed import MixedOp, SampledPath
+from supernets import register
+from supernets.base import Arch, SearchSpace, Supernet
+
+# genotypes.PRIMITIVES, in index order (the column order of alphas_normal / alphas_reduce).
+PRIMITIVES: tuple[str, ...] = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
+NONE_INDEX = PRIMITIVES.index("none")
+CELL_TYPES: tuple[str, ...] = ("normal", "reduce")
+STEPS = 4  # model_search.py Network(steps=4): intermediate nodes 2..5
+NODES: tuple[int, ...] = tuple(range(2, 2 + STEPS))
+CONCAT: list[int] = list(NODES)  # every published cell concatenates nodes [2, 3, 4, 5]
+
+EdgeDecision = Union[torch.Tensor, int, SampledPath, None]
+GenotypeEntry = tuple[str, int]
+
+
+def edge_labels(steps: int = STEPS) -> list[str]:
+    """Supernet edge labels in DARTS order: normal cell first, node by node, inputs in order."""
+    return [f"{cell_type}/{i}<-{j}" for cell_type in CELL_TYPES
+            for i in range(2, 2 + steps) for j in range(i)]
+
+
+def node_labels() -> list[str]:
+    """Arch labels: one per intermediate node, normal cell first."""
+    return [f"{cell_type}/{i}" for cell_type in CELL_TYPES for i in NODES]
+
+
+EDGE_LABELS: tuple[str, ...] = tuple(edge_labels())
+NODE_LABELS: tuple[str, ...] = tuple(node_labels())
+
+
+def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    """Zero whole samples with probability ``drop_prob`` and scale survivors by 1 / keep_prob.
+
+    One Bernoulli draw per sample (DARTS ``utils.drop_path``), so the expected output equals x.
+    """
+    if drop_prob <= 0.0:
+        return x
+    keep_prob = 1.0 - drop_prob
+    mask = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(keep_prob)
+    return x / keep_prob * mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Supernet (model_search.py)
+
+
+class SearchCell(nn.Module):
+    """A DARTS search cell: every intermediate node sums a MixedOp over all earlier states.
+
+    The edges are kept as one flat ModuleList in label order, with a parallel tuple of
+    ``(label, input index, closes node)`` so the forward is a single loop without lookups.
+    """
+
+    def __init__(self, cell_type: str, steps: int, multiplier: int, C_prev_prev: int, C_prev: int,
+                 C: int, reduction: bool, reduction_prev: bool, affine: bool = False):
+        super().__init__()
+        self.cell_type = cell_type
+        self.reduction = reduction
+        self.multiplier = multiplier
+        # model_search.py Cell: FactorizedReduce after a reduction cell, else a 1x1 ReLUConvBN.
+        if reduction_prev:
+            self.preprocess0: nn.Module = FactorizedReduce(C_prev_prev, C, affine=affine)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=affine)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=affine)
+        mixed_ops, meta = [], []
+        for i in range(2, 2 + steps):
+            for j in range(i):
+                stride = 2 if reduction and j < 2 else 1  # only the cell inputs are strided
+                mixed_ops.append(MixedOp(PRIMITIVES, C, stride, affine=affine, bn_after_pool=True))
+                meta.append((f"{cell_type}/{i}<-{j}", j, j == i - 1))
+        self.mixed_ops = nn.ModuleList(mixed_ops)
+        self.edge_meta: tuple[tuple[str, int, bool], ...] = tuple(meta)
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor,
+                decisions: Mapping[str, EdgeDecision]) -> torch.Tensor:
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        node: torch.Tensor | None = None
+        for op, (label, j, closes_node) in zip(self.mixed_ops, self.edge_meta):
+            decision = decisions[label]
+            if decision is not None:  # None: the edge is absent from a discrete genotype
+                out = op(states[j], decision)
+                node = out if node is None else node + out
+            if closes_node:
+                if node is None:
+                    raise ValueError(f"every edge into {label.split('<-')[0]} is None; a node needs "
+                                     "at least one edge with a decision")
+                states.append(node)
+                node = None
+        return torch.cat(states[-self.multiplier:], dim=1)
+
+
+class DartsSupernet(Supernet):
+    """The DARTS search network (model_search.py ``Network``).
+
+    ``forward(x, decisions)`` takes one decision per edge label (a [8] weight tensor, an int,
+    a SampledPath, or None for an absent edge); normal cells share the ``normal/...`` decisions
+    and reduction cells the ``reduce/...`` ones, as DARTS shares alphas_normal / alphas_reduce.
+    """
+
+    def __init__(self, num_classes: int = 10, C: int = 16, layers: int = 8, steps: int = 4,
+                 multiplier: int = 4, stem_multiplier: int = 3, affine: bool = False,
+                 in_channels: int = 3):
+        super().__init__()
+        self.edges: dict[str, tuple[str, ...]] = {label: PRIMITIVES for label in edge_labels(steps)}
+        self.steps, self.multiplier = steps, multiplier
+        C_curr = stem_multiplier * C
+        # The stem BN is the only affine BN of the search network (model_search.py Network).
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(C_curr))
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        cells, reduction_prev = [], False
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)  # channels double at reductions
+            if reduction:
+                C_curr *= 2
+            cells.append(SearchCell("reduce" if reduction else "normal", steps, multiplier,
+                                    C_prev_prev, C_prev, C_curr, reduction, reduction_prev, affine))
+            reduction_prev = reduction
+            C_prev_prev, C_prev = C_prev, multiplier * C_curr
+        self.cells = nn.ModuleList(cells)
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+    def forward(self, x: torch.Tensor, decisions: Mapping[str, EdgeDecision]) -> torch.Tensor:
+        s0 = s1 = self.stem(x)
+        try:
+            for cell in self.cells:
+                s0, s1 = s1, cell(s0, s1, decisions)
+        except KeyError:
+            self.check_decisions(decisions)  # a KeyError naming the missing labels, if any
+            raise
+        return self.classifier(self.global_pooling(s1).flatten(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stand-alone network (model.py)
+
+
+class Cell(nn.Module):
+    """A discrete DARTS cell built from a genotype, with affine BN (model.py ``Cell``).
+
+    Drop path applies to every op output except :class:`~ops.candidates.Identity`.
+    """
+
+    def __init__(self, genotype: Sequence[GenotypeEntry], C_prev_prev: int, C_prev: int, C: int,
+                 reduction: bool, reduction_prev: bool, concat: Sequence[int] = CONCAT):
+        super().__init__()
+        if reduction_prev:
+            self.preprocess0: nn.Module = FactorizedReduce(C_prev_prev, C)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0)
+        self.reduction = reduction
+        self.concat = tuple(concat)
+        self.multiplier = len(self.concat)
+        ops, meta = [], []
+        for k, (name, j) in enumerate(genotype):
+            op = build_candidate(name, C, 2 if reduction and j < 2 else 1, True)
+            ops.append(op)
+            meta.append((j, not isinstance(op, Identity), k % 2 == 1))  # two entries per node
+        self.ops = nn.ModuleList(ops)
+        self.op_meta: tuple[tuple[int, bool, bool], ...] = tuple(meta)
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        use_drop = self.training and drop_prob > 0.0
+        node: torch.Tensor | None = None
+        for op, (j, droppable, closes_node) in zip(self.ops, self.op_meta):
+            out = op(states[j])
+            if use_drop and droppable:
+                out = drop_path(out, drop_prob)
+            node = out if node is None else node + out
+            if closes_node:
+                states.append(node)
+                node = None
+        return torch.cat([states[i] for i in self.concat], dim=1)
+
+
+class AuxiliaryHeadCIFAR(nn.Module):
+    """Auxiliary classifier on the 8x8 output of cell 2*layers//3 (model.py, weight 0.4 in train.py)."""
+
+    def __init__(self, C: int, num_classes: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=True),
+            nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),  # 8x8 -> 2x2
+            nn.Conv2d(C, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False),
+            nn.BatchNorm2d(768),
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+class NetworkCIFAR(nn.Module):
+    """The DARTS evaluation network (model.py ``NetworkCIFAR``): C=36, 20 cells for CIFAR-10.
+
+    ``drop_path_prob`` is a public attribute read at every forward; the retraining loop ramps
+    it per epoch (train.py: 0.2 * epoch / epochs). ``forward`` returns logits, or
+    ``(logits, aux_logits)`` when the auxiliary head exists and the module is training.
+    """
+
+    def __init__(self, genotype: Mapping[str, Sequence[GenotypeEntry]], num_classes: int = 10,
+                 C: int = 36, layers: int = 20, auxiliary: bool = False,
+                 drop_path_prob: float = 0.0, in_channels: int = 3, stem_multiplier: int = 3):
+        super().__init__()
+        self.drop_path_prob = drop_path_prob
+        self.auxiliary = auxiliary
+        self.aux_position = 2 * layers // 3
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(C_curr))
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        cells, reduction_prev, C_aux = [], False, C_prev
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            cell = Cell(genotype["reduce" if reduction else "normal"], C_prev_prev, C_prev, C_curr,
+                        reduction, reduction_prev)
+            cells.append(cell)
+            reduction_prev = reduction
+            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+            if i == self.aux_position:
+                C_aux = C_prev
+        self.cells = nn.ModuleList(cells)
+        if auxiliary:
+            self.auxiliary_head = AuxiliaryHeadCIFAR(C_aux, num_classes)
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        with_aux = self.auxiliary and self.training
+        logits_aux = None
+        s0 = s1 = self.stem(x)
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if with_aux and i == self.aux_position:
+                logits_aux = self.auxiliary_head(s1)
+        logits = self.classifier(self.global_pooling(s1).flatten(1))
+        return (logits, logits_aux) if with_aux else logits
+
+
+# ---------------------------------------------------------------------------------------------
+# Published genotypes (two (op, input) entries per node, nodes 2..5, concat [2, 3, 4, 5])
+
+_PUBLISHED: dict[str, dict[str, list[GenotypeEntry]]] = {
+    # quark0/darts@f276dd3 cnn/genotypes.py DARTS_V1 (first order)
+    "DARTS_V1": {
+        "normal": [("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 0), ("sep_conv_3x3", 1),
+                   ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 2)],
+        "reduce": [("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 0),
+                   ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("avg_pool_3x3", 0)],
+    },
+    # quark0/darts@f276dd3 cnn/genotypes.py DARTS_V2 (second order; DARTS = DARTS_V2)
+    "DARTS_V2": {
+        "normal": [("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+                   ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)],
+        "reduce": [("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
+                   ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)],
+    },
+    # yuhuixu1993/PC-DARTS@b74702f genotypes.py PC_DARTS_cifar
+    "PC_DARTS": {
+        "normal": [("sep_conv_3x3", 1), ("skip_connect", 0), ("sep_conv_3x3", 0), ("dil_conv_3x3", 1),
+                   ("sep_conv_5x5", 0), ("sep_conv_3x3", 1), ("avg_pool_3x3", 0), ("dil_conv_3x3", 1)],
+        "reduce": [("sep_conv_5x5", 1), ("max_pool_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_5x5", 2),
+                   ("sep_conv_3x3", 0), ("sep_conv_3x3", 3), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2)],
+    },
+    # D-X-Y/AutoDL-Projects@94a149b xautodl/nas_infer_model/DXYs/genotypes.py GDAS_V1 (written
+    # there as one pair of entries per node; flattened here). Some third-party copies end the
+    # reduce cell with ('sep_conv_5x5', 2) instead of 1; the official file has 1.
+    "GDAS": {
+        "normal": [("skip_connect", 0), ("skip_connect", 1), ("skip_connect", 0), ("sep_conv_5x5", 2),
+                   ("sep_conv_3x3", 3), ("skip_connect", 0), ("sep_conv_5x5", 4), ("sep_conv_3x3", 3)],
+        "reduce": [("sep_conv_5x5", 0), ("sep_conv_3x3", 1), ("sep_conv_5x5", 2), ("sep_conv_5x5", 1),
+                   ("dil_conv_5x5", 2), ("sep_conv_3x3", 1), ("sep_conv_5x5", 0), ("sep_conv_5x5", 1)],
+    },
+}
+
+# Reported CIFAR-10 test error (%) and params (millions, auxiliary head excluded); ``params`` is
+# the exact count of ``build_network(arch)`` at C=36, 20 cells, auxiliary excluded, as measured.
+GENOTYPE_META: dict[str, dict[str, Any]] = {
+    "DARTS_V1": {"test_error": 3.00, "test_error_std": 0.14, "params_m": 3.3, "params": 3_169_414,
+                 "source": "quark0/darts@f276dd3 cnn/genotypes.py (DARTS_V1)",
+                 # Its normal cell is 5 sep_conv_3x3 + 3 skips, DARTS_V2's 5 sep_conv_3x3 + 2 skips
+                 # + 1 dil_conv_3x3: so it builds to 3.17M, not the paper's 3.3M.
+                 "note": "error: DARTS paper Table 1 (with cutout); the paper's 3.3M does not match "
+                         "the released genotype, which builds to 3.17M"},
+    "DARTS_V2": {"test_error": 2.76, "test_error_std": 0.09, "params_m": 3.3, "params": 3_349_342,
+                 "source": "quark0/darts@f276dd3 cnn/genotypes.py (DARTS_V2)",
+                 "note": "error: README and paper Table 1, 10 runs with cutout"},
+    "PC_DARTS": {"test_error": 2.57, "test_error_std": 0.07, "params_m": 3.6, "params": 3_634_678,
+                 "source": "yuhuixu1993/PC-DARTS@b74702f genotypes.py (PC_DARTS_cifar)",
+                 "note": "error and params: PC-DARTS README (std from the paper)"},
+    "GDAS": {"test_error": 2.93, "test_error_std": None, "params_m": 3.4, "params": 3_368_782,
+             "source": "D-X-Y/AutoDL-Projects@94a149b xautodl/nas_infer_model/DXYs/genotypes.py "
+                       "(GDAS_V1)",
+             "note": "error and params: GDAS paper (CVPR 2019), searched reduction cell; not "
+                     "re-checked against the paper"},
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The registered space
+
+
+def _literal(node: ast.AST, what: str) -> Any:
+    """A literal value of the genotype text; ``range(a, b)`` is accepted (DARTS prints it)."""
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range"
+            and not node.keywords):
+        bounds = [_literal(arg, what) for arg in node.args]
+        if not 1 <= len(bounds) <= 3 or not all(isinstance(b, int) for b in bounds):
+            raise ValueError(f"{what}: range() takes 1 to 3 ints, got {ast.unparse(node)!r}")
+        return list(range(*bounds))
+    try:
+        return ast.literal_eval(node)
+    except ValueError as err:
+        raise ValueError(f"{what} must be a literal value, got {ast.unparse(node)!r}") from err
+
+
+@register
+class DartsSpace(SearchSpace):
+    """The DARTS CNN space: 8 ops, 14 edges per cell, normal and reduce cells.
+
+    Example:
+        >>> darts = supernets.get("darts")
+        >>> arch = darts.genotypes["DARTS_V2"]
+        >>> darts.parse(darts.format(arch)) == arch
+        True
+    """
+
+    name = "darts"
+    primitives = PRIMITIVES
+    cell_types = CELL_TYPES
+
+    def __init__(self) -> None:
+        self.genotypes: dict[str, Arch] = {key: self._arch_from_lists(value, key)
+                                           for key, value in _PUBLISHED.items()}
+        self.genotype_meta = GENOTYPE_META
+
+    # --- encoding ---------------------------------------------------------------------------
+    def _arch_from_lists(self, cells: Mapping[str, Sequence[Any]], where: str = "genotype") -> Arch:
+        """Validated ``{"normal": [(op, input) x 8], "reduce": [...]}`` -> Arch."""
+        choices: dict[str, Any] = {}
+        for cell_type in CELL_TYPES:
+            entries = list(cells[cell_type])
+            # AutoDL writes one pair of entries per node: flatten it.
+            if len(entries) == STEPS and all(isinstance(e, (list, tuple)) and len(e) == 2
+                                             and all(isinstance(x, (list, tuple)) for x in e)
+                                             for e in entries):
+                entries = [x for e in entries for x in e]
+            if len(entries) != 2 * STEPS:
+                raise ValueError(f"{where}: {cell_type} has {len(entries)} entries; a DARTS genotype "
+                                 f"needs {2 * STEPS} (2 per intermediate node, nodes 2..5)")
+            pairs = []
+            for k, entry in enumerate(entries):
+                node = 2 + k // 2
+                if not (isinstance(entry, (list, tuple)) and len(entry) == 2
+                        and isinstance(entry[0], str) and isinstance(entry[1], int)
+                        and not isinstance(entry[1], bool)):
+                    raise ValueError(f"{where}: {cell_type} entry {k} is {entry!r}; expected "
+                                     "('op_name', input_index)")
+                op, j = entry
+                if op not in PRIMITIVES:
+                    raise ValueError(f"{where}: unknown op {op!r} in {cell_type} entry {k}; "
+                                     f"accepted: {', '.join(PRIMITIVES)}")
+                if not 0 <= j < node:
+                    raise ValueError(f"{where}: {cell_type} entry {k} {entry!r}: input {j} is out "
+                                     f"of range for node {node} (accepted 0..{node - 1})")
+                pairs.append((PRIMITIVES.index(op), j))
+            for n, node in enumerate(NODES):
+                choices[f"{cell_type}/{node}"] = (pairs[2 * n], pairs[2 * n + 1])
+        return Arch(self.name, choices)
+
+    def _node_choices(self, arch: Arch) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
+        """Arch -> its 8 node choices, checked; KeyError on wrong labels, ValueError on bad values."""
+        self.check(arch)
+        if list(arch) != list(NODE_LABELS):
+            raise KeyError(f"a darts arch has the labels {list(NODE_LABELS)}, got {list(arch)}")
+        choices = {}
+        for label in NODE_LABELS:
+            node = int(label.split("/")[1])
+            value = arch[label]
+            if not (isinstance(value, tuple) and len(value) == 2
+                    and all(isinstance(p, tuple) and len(p) == 2 for p in value)):
+                raise ValueError(f"{label} is {value!r}; expected ((op_index, input), (op_index, input))")
+            for op, j in value:
+                if not 0 <= op < len(PRIMITIVES):
+                    raise ValueError(f"{label}: op index {op} out of range 0..{len(PRIMITIVES) - 1}")
+                if not 0 <= j < node:
+                    raise ValueError(f"{label}: input {j} out of range for node {node} "
+                                     f"(accepted 0..{node - 1})")
+            choices[label] = value
+        return choices
+
+    def genotype_lists(self, arch: Arch) -> dict[str, list[GenotypeEntry]]:
+        """Arch -> ``{"normal": [(op_name, input) x 8], "reduce": [...]}``, genotype order."""
+        choices = self._node_choices(arch)
+        return {cell_type: [(PRIMITIVES[op], j) for node in NODES
+                            for op, j in choices[f"{cell_type}/{node}"]]
+                for cell_type in CELL_TYPES}
+
+    def parse(self, text: str) -> Arch:
+        """``Genotype(normal=[...], normal_concat=[2, 3, 4, 5], reduce=[...], reduce_concat=...)``
+        -> Arch, read with ``ast`` (never ``eval``); ``range(2, 6)`` is accepted as a concat."""
+        text = text.strip()
+        if text.startswith("|") or ("~" in text and not text.startswith("Genotype")):
+            raise ValueError(f"{text!r}: this looks like a NAS-Bench-201 string; use --space nb201")
+        try:
+            tree = ast.parse(text, mode="eval").body
+        except SyntaxError as err:
+            raise ValueError(f"cannot read {text!r} as a DARTS genotype: {err.msg}; expected "
+                             "Genotype(normal=[('sep_conv_3x3', 0), ...], normal_concat=[2, 3, 4, 5], "
+                             "reduce=[...], reduce_concat=[2, 3, 4, 5])") from err
+        func = getattr(tree, "func", None)
+        func_name = getattr(func, "id", None) or getattr(func, "attr", None)
+        if not isinstance(tree, ast.Call) or func_name != "Genotype":
+            raise ValueError(f"{text!r} is not a DARTS genotype; expected Genotype(normal=[...], "
+                             "normal_concat=[2, 3, 4, 5], reduce=[...], reduce_concat=[2, 3, 4, 5])")
+        fields = ("normal", "normal_concat", "reduce", "reduce_concat")
+        if len(tree.args) > len(fields):
+            raise ValueError(f"Genotype takes at most {len(fields)} positional fields {fields}")
+        values: dict[str, Any] = {}
+        for field, node in zip(fields, tree.args):
+            values[field] = _literal(node, field)
+        for keyword in tree.keywords:
+            if keyword.arg in ("connectN", "connects"):  # AutoDL's extra fields, always None
+                continue
+            if keyword.arg not in fields or keyword.arg in values:
+                raise ValueError(f"unexpected or repeated Genotype field {keyword.arg!r}; "
+                                 f"accepted: {', '.join(fields)}")
+            values[keyword.arg] = _literal(keyword.value, keyword.arg)
+        missing = [f for f in fields if f not in values]
+        if missing:
+            raise ValueError(f"Genotype is missing {', '.join(missing)}")
+        for cell_type in CELL_TYPES:
+            concat = values[f"{cell_type}_concat"]
+            if not isinstance(concat, (list, tuple)) or list(concat) != CONCAT:
+                raise ValueError(f"{cell_type}_concat is {concat!r}; the DARTS space concatenates "
+                                 f"the intermediate nodes {CONCAT} only")
+            if not isinstance(values[cell_type], (list, tuple)):
+                raise ValueError(f"{cell_type} must be a list of (op, input) entries")
+        return self._arch_from_lists(values, where="genotype")
+
+    def format(self, arch: Arch) -> str:
+        """Arch -> the repr of DARTS' ``Genotype`` namedtuple (lists, concat [2, 3, 4, 5])."""
+        cells = self.genotype_lists(arch)
+        return (f"Genotype(normal={cells['normal']!r}, normal_concat={CONCAT!r}, "
+                f"reduce={cells['reduce']!r}, reduce_concat={CONCAT!r})")
+
+    # --- sampling and evolution -------------------------------------------------------------
+    def sample(self, rng: random.Random | None = None) -> Arch:
+        """Per node two distinct inputs among the earlier states, ops among the 7 non-none ones."""
+        rng = rng or random.Random()
+        ops = [k for k in range(len(PRIMITIVES)) if k != NONE_INDEX]
+        choices = {}
+        for label in NODE_LABELS:
+            node = int(label.split("/")[1])
+            inputs = rng.sample(range(node), 2)
+            choices[label] = tuple((rng.choice(ops), j) for j in inputs)
+        return Arch(self.name, choices)
+
+    def mutate(self, arch: Arch, rng: random.Random | None = None) -> Arch:
+        """Change the op or the input of one entry of one node; inputs of a node stay distinct."""
+        rng = rng or random.Random()
+        choices = dict(self._node_choices(arch))
+        label = rng.choice(NODE_LABELS)
+        node = int(label.split("/")[1])
+        entries = [list(pair) for pair in choices[label]]
+        k = rng.randrange(2)
+        other_inputs = [j for j in range(node) if j not in (entries[0][1], entries[1][1])]
+        if other_inputs and rng.random() < 0.5:
+            entries[k][1] = rng.choice(other_inputs)
+        else:
+            entries[k][0] = rng.choice([o for o in range(len(PRIMITIVES))
+                                        if o not in (NONE_INDEX, entries[k][0])])
+        choices[label] = tuple(tuple(e) for e in entries)
+        return Arch(self.name, choices)
+
+    # --- networks -----------------------------------------------------------------------------
+    def build_supernet(self, num_classes: int = 10, C: int = 16, layers: int = 8, steps: int = 4,
+                       multiplier: int = 4, stem_multiplier: int = 3, affine: bool = False,
+                       in_channels: int = 3) -> DartsSupernet:
+        """The search network of train_search.py (8 cells, C=16 by default)."""
+        return DartsSupernet(num_classes, C, layers, steps, multiplier, stem_multiplier, affine,
+                             in_channels)
+
+    def build_network(self, arch: Arch, num_classes: int = 10, C: int = 36, layers: int = 20,
+                      auxiliary: bool = False, drop_path_prob: float = 0.0,
+                      in_channels: int = 3) -> NetworkCIFAR:
+        """The CIFAR evaluation network of train.py (20 cells, C=36 by default)."""
+        return NetworkCIFAR(self.genotype_lists(arch), num_classes, C, layers, auxiliary,
+                            drop_path_prob, in_channels)
+
+    def decisions(self, arch: Arch) -> dict[str, int | None]:
+        """Per supernet edge: the op index of a selected edge, None for an absent one.
+
+        Raises:
+            ValueError: if a node uses the same input twice (one edge carries one op).
+        """
+        choices = self._node_choices(arch)
+        out: dict[str, int | None] = dict.fromkeys(EDGE_LABELS)
+        for label, pairs in choices.items():
+            (op_a, j_a), (op_b, j_b) = pairs
+            if j_a == j_b:
+                raise ValueError(f"{label} uses input {j_a} twice; the supernet has one edge per "
+                                 "input, so it cannot run this genotype")
+            out[f"{label}<-{j_a}"], out[f"{label}<-{j_b}"] = op_a, op_b
+        return out
+
+    def discretize(self, weights: Mapping[str, torch.Tensor]) -> Arch:
+        """DARTS rule (model_search.py ``Network.genotype``) on per-edge normalized weights.
+
+        For each node, rank its incoming edges by their largest non-``none`` weight, keep the
+        top 2 (stable: ties keep the lower input first), and give each its non-``none`` argmax
+        op (first index on ties).
+        """
+        missing = [label for label in EDGE_LABELS if label not in weights]
+        unknown = [label for label in weights if label not in EDGE_LABELS]
+        if missing or unknown:
+            raise KeyError(f"darts weights need exactly the edge labels {list(EDGE_LABELS)}; "
+                           f"missing {missing}, unknown {unknown}")
+        choices = {}
+        for label in NODE_LABELS:
+            node = int(label.split("/")[1])
+            rows = []
+            for j in range(node):
+                w = weights[f"{label}<-{j}"]
+                if tuple(w.shape) != (len(PRIMITIVES),):
+                    raise ValueError(f"weights[{label}<-{j}] has shape {tuple(w.shape)}; expected "
+                                     f"[{len(PRIMITIVES)}]")
+                rows.append(w.detach().float().cpu().tolist())
+            ops = [k for k in range(len(PRIMITIVES)) if k != NONE_INDEX]
+            best_op = [max(ops, key=lambda k: (row[k], -k)) for row in rows]  # first max
+            kept = sorted(range(node), key=lambda j: -rows[j][best_op[j]])[:2]
+            choices[label] = tuple((best_op[j], j) for j in kept)
+        return Arch(self.name, choices)
