@@ -47,7 +47,7 @@ def _search(argv: list[str]) -> None:
         run=False, args=argv, seed_everything_default=2,  # DARTS train_search.py --seed 2
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
-            "max_epochs": 10, "num_sanity_val_steps": 0, "log_every_n_steps": 10,
+            "max_epochs": 15, "num_sanity_val_steps": 0, "log_every_n_steps": 10,
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                        "init_args": {"save_dir": "runs", "name": "search"}},
         },
@@ -63,10 +63,11 @@ def _search(argv: list[str]) -> None:
             raise UserError(f"--ckpt_path {ckpt_path}: {error}") from None
         del checkpoint
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    run_directory = cli.trainer.log_dir  # a collective under DDP: every rank asks
     if cli.trainer.is_global_zero and not cli.trainer.interrupted:
         arch = cli.model.export()
-        path = cli.model.write_arch(arch, cli.trainer.log_dir)
-        print(f"architecture: {cli.model.space.format(arch)}\nrun directory: {cli.trainer.log_dir}\n"
+        path = cli.model.write_arch(arch, run_directory)
+        print(f"architecture: {cli.model.space.format(arch)}\nrun directory: {run_directory}\n"
               f"wrote {path}")
 
 

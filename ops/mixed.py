@@ -18,7 +18,7 @@ from typing import Sequence, Union
 import torch
 from torch import nn
 
-from ops.candidates import build_candidate
+from ops.candidates import Zero, build_candidate
 
 
 @dataclass(frozen=True)
@@ -38,24 +38,24 @@ class SampledPath:
 Decision = Union[torch.Tensor, int, SampledPath]
 
 
-def weighted_sum(weights: torch.Tensor, outputs: Sequence[torch.Tensor | None]) -> torch.Tensor:
-    """Sum_k weights[k] * outputs[k].
+def weighted_sum(weights: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """Sum_k weights[k] * outputs[k], accumulated in place of a list of products.
 
     A candidate that was not computed (``None``) contributes its weight alone: a value of zero
     in a straight-through one-hot forward that still passes gradient to the architecture
-    parameters, as GDAS's reference does (xautodl ``search_model_gdas``, ``GDAS_Reduction``).
+    parameters, as GDAS's reference does (xautodl ``search_model_gdas``).
 
     Raises:
         ValueError: if the number of weights and outputs differ or nothing was computed.
     """
-    if weights.shape[0] != len(outputs):
-        raise ValueError(f"{weights.shape[0]} weights for {len(outputs)} candidate outputs")
-    computed = [w * out for w, out in zip(weights, outputs) if out is not None]
-    if not computed:
+    if len(weights) != len(outputs):
+        raise ValueError(f"{len(weights)} weights for {len(outputs)} candidate outputs")
+    total = None
+    for w, out in zip(weights, outputs):
+        if out is not None:
+            total = out * w if total is None else torch.addcmul(total, out, w)
+    if total is None:
         raise ValueError("weighted_sum needs at least one computed candidate output")
-    total = computed[0]
-    for term in computed[1:]:
-        total = total + term
     for w, out in zip(weights, outputs):
         if out is None:
             total = total + w
@@ -85,6 +85,8 @@ class MixedOp(nn.Module):
                 op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
             ops.append(op)
         self.ops = nn.ModuleList(ops)
+        # `none` adds w * 0 to the sum and nothing to any gradient: dense mixing skips it
+        self.computed = tuple(k for k, op in enumerate(ops) if not isinstance(op, Zero))
 
     def forward(self, x: torch.Tensor, decision: Decision) -> torch.Tensor:
         if isinstance(decision, SampledPath):
@@ -95,7 +97,10 @@ class MixedOp(nn.Module):
             if decision.dim() != 1 or decision.shape[0] != len(self.ops):
                 raise ValueError(f"dense decision must have shape [{len(self.ops)}], got "
                                  f"{tuple(decision.shape)}")
-            return weighted_sum(decision, [op(x) for op in self.ops])
+            if not self.computed:
+                return self.ops[0](x) * decision[0]
+            weights = decision.unbind(0)
+            return weighted_sum([weights[k] for k in self.computed], [self.ops[k](x) for k in self.computed])
         if isinstance(decision, int) and not isinstance(decision, bool):
             if not 0 <= decision < len(self.ops):
                 raise IndexError(f"candidate index {decision} out of range for {self.candidates}")

@@ -132,7 +132,7 @@ class SearchAlgorithm(L.LightningModule):
             weight_scheduler.step()
 
     def on_train_epoch_end(self) -> None:
-        self.log("lr", self.lr_schedulers().get_last_lr()[0], on_epoch=True)
+        self.log("lr", self.lr_schedulers().get_last_lr()[0], on_epoch=True, sync_dist=True)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         loss, accuracy = self.loss_and_accuracy(batch, self.arch_weights())
@@ -143,10 +143,11 @@ class SearchAlgorithm(L.LightningModule):
         if self.trainer.sanity_checking:
             return
         arch = self.export()
+        run_directory = self.trainer.log_dir  # a collective under DDP: every rank asks
         if self.trainer.is_global_zero:
             log_architecture(self.logger, self.current_epoch, self.arch_weights(), self.supernet.edges,
                              self.space, arch)
-            self.write_arch(arch)
+            self.write_arch(arch, run_directory)
 
     # --- optimizers ------------------------------------------------------------------------------
     def architecture_parameters(self) -> list[nn.Parameter]:
@@ -169,16 +170,15 @@ class SearchAlgorithm(L.LightningModule):
         """The current architecture by the space's rule (argmax for NB201, top-2 for DARTS)."""
         return self.space.discretize({k: w.detach().cpu() for k, w in self.arch_weights().items()})
 
-    def write_arch(self, arch: Arch, directory: str | None = None) -> str | None:
+    def write_arch(self, arch: Arch, directory: str | None) -> str | None:
         """Write ``arch.json`` (space, canonical string, choices, epoch) into the run directory."""
-        directory = directory or (self.trainer.log_dir if self._trainer is not None else None)
-        if directory is None:
+        if directory is None:  # no logger: nowhere to write
             return None
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, "arch.json")
         record = {"space": arch.space, "arch": self.space.format(arch), "choices": arch.to_json()["choices"],
                   "algorithm": type(self).__name__, "epoch": int(self.current_epoch),
-                  "rule": "space default", "weights": {k: [round(float(p), 6) for p in w]
+                  "rule": "space default", "weights": {k: [round(float(p), 6) for p in w.detach()]
                                                        for k, w in self.arch_weights().items()}}
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
@@ -193,15 +193,19 @@ class SearchAlgorithm(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["oneshot"] = self.checkpoint_identity()
-        checkpoint["rng_states"] = {"python": random.getstate(), "numpy": np.random.get_state(),
-                                    "torch": torch.get_rng_state()}
+        name, keys, position, has_gauss, cached = np.random.get_state()
+        # plain types and tensors only, so `torch.load(weights_only=True)` reads the checkpoint
+        checkpoint["rng_states"] = {"python": random.getstate(), "torch": torch.get_rng_state(),
+                                    "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(position),
+                                              int(has_gauss), float(cached))}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_checkpoint_identity(checkpoint, self.checkpoint_identity())
         states = checkpoint.get("rng_states")
         if states:  # continue the random stream exactly where the run stopped
             random.setstate(states["python"])
-            np.random.set_state(states["numpy"])
+            name, keys, position, has_gauss, cached = states["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
             torch.set_rng_state(states["torch"])
 
     def on_train_end(self) -> None:

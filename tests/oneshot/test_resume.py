@@ -1,0 +1,54 @@
+"""Resuming a search restores weights, alphas, optimizers, scheduler and epoch, and continues
+exactly as the uninterrupted run would have."""
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from oneshot.algorithms import DartsSearch
+from oneshot.data import DigitsDataModule
+
+EPOCHS = 3
+
+
+class InterruptAt(Callback):
+    """Simulate Ctrl-C at the start of an epoch."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def _fit(root, callbacks=(), ckpt_path=None):
+    L.seed_everything(2)
+    model = DartsSearch(space="nb201", space_options={"C": 4, "N": 1}, num_classes=10, in_channels=1)
+    data = DigitsDataModule(batch_size=64)
+    trainer = L.Trainer(max_epochs=EPOCHS, default_root_dir=root, limit_train_batches=3, limit_val_batches=1,
+                        enable_progress_bar=False, enable_model_summary=False, logger=False,
+                        callbacks=[ModelCheckpoint(dirpath=root, save_last=True), *callbacks])
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+    return model, trainer
+
+
+def test_resume_continues_exactly(tmp_path):
+    reference, _ = _fit(str(tmp_path / "full"))
+    with pytest.raises(SystemExit):  # Lightning shuts down gracefully, then exits on Ctrl-C
+        _fit(str(tmp_path / "cut"), callbacks=[InterruptAt(2)])
+    last = tmp_path / "cut" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert saved["epoch"] == 1
+    # the checkpoint holds both optimizers and the scheduler
+    assert len(saved["optimizer_states"]) == 2 and len(saved["lr_schedulers"]) == 1
+
+    resumed, trainer = _fit(str(tmp_path / "cut"), ckpt_path=str(last))
+    assert trainer.current_epoch == EPOCHS
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    for opt_a, opt_b in zip(reference.optimizers(use_pl_optimizer=False), resumed.optimizers(use_pl_optimizer=False)):
+        for state_a, state_b in zip(opt_a.state.values(), opt_b.state.values()):
+            for key in state_a:
+                assert torch.equal(torch.as_tensor(state_a[key]), torch.as_tensor(state_b[key])), key
+    assert reference.lr_schedulers().state_dict() == resumed.lr_schedulers().state_dict()
