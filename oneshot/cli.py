@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     try:
         {"search": _search, "info": _info}[command](rest)
-    except (UserError, FileNotFoundError, KeyError, ValueError) as error:
+    except (UserError, FileNotFoundError, KeyError, IndexError, ValueError) as error:
         if os.environ.get("ONESHOT_DEBUG"):
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

@@ -53,12 +53,9 @@ def write_space_table(space: SearchSpace, out: str | None, num_classes: int = 10
         writer = csv.writer(handle)
         writer.writerow(["index", "arch", "params", "flops_macs"])
         archs = list(space.enumerate())
-        for i, arch in enumerate(archs):
-            cost = space.cost(arch, num_classes=num_classes, **options)
+        for i, (arch, cost) in enumerate(zip(archs, space.costs(archs, num_classes=num_classes, **options))):
             writer.writerow([space.index(arch) if hasattr(space, "index") else i, space.format(arch),
                              cost["params"], int(cost["macs"])])
-            if out and (i + 1) % 1000 == 0:
-                print(f"{i + 1}/{len(archs)}", file=sys.stderr)
     finally:
         if out:
             handle.close()

@@ -162,6 +162,12 @@ class SearchSpace(ABC):
         """Parameters and FLOPs of the stand-alone network (see :func:`network_cost`)."""
         return network_cost(self.build_network(self.check(arch), num_classes, **options), input_size)
 
+    def costs(self, archs: Iterable[Arch], num_classes: int = 10,
+              input_size: tuple[int, ...] = (1, 3, 32, 32), **options: Any) -> Iterator[dict[str, float]]:
+        """:meth:`cost` of many archs; spaces override it where costs add up over edges."""
+        for arch in archs:
+            yield self.cost(arch, num_classes, input_size, **options)
+
 
 class Supernet(nn.Module):
     """A supernet: ``edges`` maps each relaxation label to its candidate names (cells of one

@@ -18,7 +18,7 @@ import functools
 import itertools
 import json
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -396,6 +396,30 @@ class NB201Space(SearchSpace):
     def build_network(self, arch: Arch, num_classes: int = 10, C: int = 16, N: int = 5,
                       in_channels: int = 3) -> NB201Network:
         return NB201Network(self.check(arch), num_classes, C, N, in_channels)
+
+    def costs(self, archs: Iterable[Arch], num_classes: int = 10,
+              input_size: tuple[int, ...] = (1, 3, 32, 32), **options: Any) -> Iterator[dict[str, float]]:
+        """Costs of many archs from 25 measured networks instead of one network each.
+
+        A cell's parameters and FLOPs are the sums over its edges (the resolution of a stage is
+        fixed), so cost(arch) = cost(all-none) + the measured increment of each edge's op. The
+        tests check this against full builds; the whole space takes seconds instead of minutes.
+        """
+        empty = {label: 0 for label in EDGES}
+        base = self.cost(Arch(self.name, empty), num_classes, input_size, **options)
+        increment = {}
+        for label in EDGES:
+            for op in range(1, len(PRIMITIVES)):
+                single = self.cost(Arch(self.name, {**empty, label: op}), num_classes, input_size, **options)
+                increment[label, op] = {key: single[key] - base[key] for key in base}
+        for arch in archs:
+            self.check(arch)
+            total = dict(base)
+            for label in EDGES:
+                if arch[label]:
+                    for key, value in increment[label, arch[label]].items():
+                        total[key] += value
+            yield total
 
     def decisions(self, arch: Arch) -> dict[str, int]:
         self.check(arch)
