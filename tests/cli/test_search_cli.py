@@ -79,3 +79,15 @@ def test_data_parallel_search_keeps_ranks_identical(tmp_path):
     assert (run / "arch.json").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["epoch"] == 1 and state["oneshot"]["space"] == "nb201"
+
+
+def test_second_order_search_in_the_darts_space(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["search", "--trainer.max_epochs", "1", *TINY, "--model.init_args.space", "darts",
+          "--model.init_args.space_options", "{C: 4, layers: 3}", "--model.init_args.unrolled", "true"])
+    run = _run_dir()
+    space = supernets.get("darts")
+    arch = space.load(os.path.join(run, "arch.json"))
+    assert space.format(arch).startswith("Genotype(normal=[")
+    model = DartsSearch.load_from_checkpoint(os.path.join(run, "checkpoints", "last.ckpt"))
+    assert model.hparams.unrolled and model.export() == arch
