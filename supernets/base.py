@@ -10,7 +10,7 @@ import json
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -182,6 +182,20 @@ class Supernet(nn.Module):
         if missing or unknown:
             raise KeyError(f"decisions do not match the supernet edges: missing {missing}, "
                            f"unknown {unknown}; expected labels {list(self.edges)}")
+
+
+def check_edge_weights(weights: Mapping[str, torch.Tensor], labels: Sequence[str],
+                       candidates: Sequence[str]) -> None:
+    """Raise KeyError (missing/unknown labels) or ValueError (wrong length) before a rule runs."""
+    missing = [label for label in labels if label not in weights]
+    unknown = [label for label in weights if label not in labels]
+    if missing or unknown:
+        raise KeyError(f"weights do not match the edges: missing {missing}, unknown {unknown}; "
+                       f"expected labels {list(labels)}")
+    for label in labels:
+        if tuple(weights[label].shape) != (len(candidates),):
+            raise ValueError(f"weights[{label!r}] has shape {tuple(weights[label].shape)}, expected "
+                             f"({len(candidates)},) for {', '.join(candidates)}")
 
 
 def count_parameters(module: nn.Module, exclude: str | None = None) -> int:

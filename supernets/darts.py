@@ -27,7 +27,7 @@ from torch import nn
 from ops.candidates import FactorizedReduce, Identity, ReLUConvBN, build_candidate
 from ops.mixed import MixedOp, SampledPath
 from supernets import register
-from supernets.base import Arch, SearchSpace, Supernet
+from supernets.base import Arch, SearchSpace, Supernet, check_edge_weights
 
 # genotypes.PRIMITIVES, in index order (the column order of alphas_normal / alphas_reduce).
 PRIMITIVES: tuple[str, ...] = (
@@ -558,21 +558,13 @@ class DartsSpace(SearchSpace):
         top 2 (stable: ties keep the lower input first), and give each its non-``none`` argmax
         op (first index on ties).
         """
-        missing = [label for label in EDGE_LABELS if label not in weights]
-        unknown = [label for label in weights if label not in EDGE_LABELS]
-        if missing or unknown:
-            raise KeyError(f"darts weights need exactly the edge labels {list(EDGE_LABELS)}; "
-                           f"missing {missing}, unknown {unknown}")
+        check_edge_weights(weights, EDGE_LABELS, PRIMITIVES)
         choices = {}
         for label in NODE_LABELS:
             node = int(label.split("/")[1])
             rows = []
             for j in range(node):
-                w = weights[f"{label}<-{j}"]
-                if tuple(w.shape) != (len(PRIMITIVES),):
-                    raise ValueError(f"weights[{label}<-{j}] has shape {tuple(w.shape)}; expected "
-                                     f"[{len(PRIMITIVES)}]")
-                rows.append(w.detach().float().cpu().tolist())
+                rows.append(weights[f"{label}<-{j}"].detach().float().cpu().tolist())
             ops = [k for k in range(len(PRIMITIVES)) if k != NONE_INDEX]
             best_op = [max(ops, key=lambda k: (row[k], -k)) for row in rows]  # first max
             kept = sorted(range(node), key=lambda j: -rows[j][best_op[j]])[:2]

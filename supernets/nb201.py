@@ -27,7 +27,7 @@ from torch import nn
 from ops.candidates import ReLUConvBN, build_candidate
 from ops.mixed import Decision, MixedOp
 from supernets import register
-from supernets.base import Arch, SearchSpace, Supernet
+from supernets.base import Arch, SearchSpace, Supernet, check_edge_weights
 
 # Candidate ops in the reference order (cell_operations.NAS_BENCH_201): the order of the columns
 # of alpha and of the op digits in the benchmark index.
@@ -432,17 +432,10 @@ class NB201Space(SearchSpace):
             KeyError: a label is missing or unknown (the message lists the expected labels).
             ValueError: a weight vector does not have 5 entries.
         """
-        missing = [label for label in EDGES if label not in weights]
-        unknown = [label for label in weights if label not in EDGES]
-        if missing or unknown:
-            raise KeyError(f"weights do not match the nb201 edges: missing {missing}, unknown "
-                           f"{unknown}; expected labels {list(EDGES)}")
+        check_edge_weights(weights, EDGES, PRIMITIVES)
         choices = {}
         for label in EDGES:
             w = torch.as_tensor(weights[label])
-            if w.shape != (len(PRIMITIVES),):
-                raise ValueError(f"weights[{label!r}] has shape {tuple(w.shape)}, expected "
-                                 f"({len(PRIMITIVES)},) for {', '.join(PRIMITIVES)}")
             choices[label] = int(w.detach().argmax().item())
         return Arch(self.name, choices)
 
