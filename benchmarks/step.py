@@ -53,6 +53,7 @@ INPUT_SHAPE = (3, 32, 32)  # CIFAR-10
 NUM_CLASSES = 10
 # DARTS train_search.py: --learning_rate 0.025 --momentum 0.9 --weight_decay 3e-4.
 LR, MOMENTUM, WEIGHT_DECAY = 0.025, 0.9, 3e-4
+MEMORY_FORMAT = "channels_last"  # ours; set by --memory-format (xautodl runs as it ships)
 XAUTODL_MISSING = "xautodl not installed: pip install --no-deps xautodl"
 
 
@@ -72,6 +73,8 @@ def build_ours(space: str, device: torch.device) -> Built:
     import supernets
 
     model = supernets.get(space).build_supernet(num_classes=NUM_CLASSES).to(device)
+    if MEMORY_FORMAT == "channels_last":  # what SearchAlgorithm(memory_format="auto") does on CPU
+        model = model.to(memory_format=torch.channels_last)
     # DARTS init: 1e-3 * randn per edge (model_search.py _initialize_alphas).
     alphas = nn.ParameterDict({
         label.replace("/", ":").replace("<-", "_from_"): nn.Parameter(1e-3 * torch.randn(len(ops), device=device))
@@ -80,6 +83,8 @@ def build_ours(space: str, device: torch.device) -> Built:
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         decisions = {label: torch.softmax(alpha, dim=-1) for label, alpha in pairs}
+        if MEMORY_FORMAT == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
         return model(x, decisions)
 
     return model, list(model.parameters()), list(alphas.values()), forward
@@ -211,7 +216,8 @@ def run_worker(args: argparse.Namespace, space: str, impl: str) -> dict[str, Any
     """Run :func:`measure` in a fresh interpreter so its RSS high-water mark is its own."""
     command = [sys.executable, os.path.abspath(__file__), "--_worker", space, impl,
                "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--device", args.device]
+               "--warmup", str(args.warmup), "--device", args.device,
+               "--memory-format", args.memory_format]
     if args.threads:
         command += ["--threads", str(args.threads)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
@@ -287,6 +293,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--spaces", nargs="+", choices=SPACES, default=list(SPACES))
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: default)")
+    parser.add_argument("--memory-format", choices=("channels_last", "contiguous"), default="channels_last",
+                        help="layout of our supernet (SearchAlgorithm memory_format; auto = channels_last on CPU)")
     parser.add_argument("--profile", nargs="*", choices=IMPLEMENTATIONS, default=None,
                         help="print the top 15 ops by self CPU time of the step instead of the "
                              "table (default: ours; name 'xautodl' to profile it as well)")
@@ -298,7 +306,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global MEMORY_FORMAT
     args = parse_args(argv)
+    MEMORY_FORMAT = args.memory_format
     if args._worker:
         print(json.dumps(measure(args, *args._worker)))
         return 0
@@ -314,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     impls = ["ours"] + (["xautodl"] if have_xautodl else [])
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, device "
           f"{args.device}, threads {args.threads or torch.get_num_threads()}, batch "
-          f"{args.batch_size}, warm-up {args.warmup}, median of {args.steps} steps")
+          f"{args.batch_size}, warm-up {args.warmup}, median of {args.steps} steps, ours in "
+          f"{args.memory_format}, xautodl as it ships (contiguous)")
     print("peak memory: " + ("torch.cuda.max_memory_allocated minus the allocation after "
                              "construction" if args.device.startswith("cuda") else
                              "ru_maxrss increase over the value after model/optimizer/batch "

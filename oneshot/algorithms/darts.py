@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from oneshot.algorithms.base import SearchAlgorithm, all_reduce_mean
 
@@ -47,8 +46,8 @@ class DartsSearch(SearchAlgorithm):
         return loss.detach()
 
     def supernet_loss(self, batch: Any) -> torch.Tensor:
-        x, y = batch
-        return F.cross_entropy(self.supernet(x, self.arch_weights()), y)
+        """Cross-entropy of the dense supernet under the current architecture distribution."""
+        return self.loss_and_accuracy(batch, self.arch_weights())[0]
 
     def unrolled_arch_gradient(self, train_batch: Any, val_batch: Any,
                                weight_optimizer: torch.optim.SGD) -> torch.Tensor:

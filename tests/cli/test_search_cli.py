@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import supernets
 from oneshot.algorithms import DartsSearch
@@ -27,7 +28,12 @@ def test_search_writes_checkpoint_arch_and_logs(tmp_path, monkeypatch, capsys):
     run = _run_dir()
     assert os.path.isfile(os.path.join(run, "checkpoints", "last.ckpt"))
     assert os.path.isfile(os.path.join(run, "config.yaml"))
-    assert any(f.startswith("events.out.tfevents") for f in os.listdir(run))
+    events = EventAccumulator(run)
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "arch_loss", "lr",
+            "arch_entropy/mean_normalized", "arch_prob/1<-0/nor_conv_3x3"} <= scalars
+    assert "arch_heatmap/cell" in events.Tags()["images"]
     record = json.load(open(os.path.join(run, "arch.json")))
     space = supernets.get("nb201")
     arch = space.load(os.path.join(run, "arch.json"))
