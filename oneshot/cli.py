@@ -24,6 +24,11 @@ class UserError(Exception):
 
 
 def _search(argv: list[str]) -> None:
+    import warnings
+
+    # Lightning's own noise: we pass argv on purpose; its pytree shim warns on every epoch
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
 
