@@ -85,3 +85,17 @@ def test_export_follows_the_space_rule():
             alpha[3] = 5.0  # nor_conv_3x3
     assert model.space.format(model.export()) == \
         "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+
+
+@pytest.mark.parametrize("key, value", [("space", "darts"), ("algorithm", "GdasSearch"),
+                                        ("edges", ["1<-0"])])
+def test_checkpoint_from_another_space_or_algorithm_is_refused(key, value):
+    from oneshot.algorithms.base import check_checkpoint_identity
+
+    model = _tiny_model()
+    expected = model.checkpoint_identity()
+    check_checkpoint_identity({"oneshot": dict(expected)}, expected)  # its own identity passes
+    with pytest.raises(ValueError, match=key):
+        check_checkpoint_identity({"oneshot": {**expected, key: value}}, expected)
+    with pytest.raises(ValueError, match="not written by `oneshot search`"):
+        check_checkpoint_identity({}, expected)
