@@ -51,7 +51,7 @@ def _search(argv: list[str]) -> None:
         SearchAlgorithm, ImageDataModule, subclass_mode_model=True, subclass_mode_data=True,
         run=False, args=argv, seed_everything_default=2,  # DARTS train_search.py --seed 2
         auto_configure_optimizers=False,  # both optimizers are the algorithm's own
-        save_config_kwargs={"overwrite": True},
+        save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "oneshot search"},
         trainer_defaults={
             "max_epochs": 15, "num_sanity_val_steps": 0, "log_every_n_steps": 10,
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
