@@ -2,6 +2,8 @@
 
 Per epoch: the probability of every candidate on every edge and the edge's entropy (scalars),
 a heatmap per cell type (a figure: edges x candidates), and the discretized architecture (text).
+Collapse diagnostics (``oneshot.diagnostics``): ``collapse/skip_connect/<cell type>`` and
+``collapse/hessian_eigenvalue``.
 """
 from __future__ import annotations
 
@@ -63,3 +65,19 @@ def log_architecture(logger: Any, epoch: int, weights: Mapping[str, torch.Tensor
     for cell_type, fig in cell_heatmaps(weights, edges).items():
         experiment.add_figure(f"arch_heatmap/{cell_type}", fig, epoch, close=True)
     experiment.add_text("arch", f"`{space.format(arch)}`", epoch)
+
+
+def log_collapse(logger: Any, epoch: int, skip_counts: Mapping[str, int],
+                 eigenvalue: float | None) -> None:
+    """Write the skip_connect count per cell type and, when computed, the Hessian eigenvalue.
+
+    Direct TensorBoard writes, no ``LightningModule.log``: the caller runs on rank 0 only, where
+    a synchronized ``self.log`` would wait for the other ranks forever.
+    """
+    experiment = getattr(logger, "experiment", None)
+    if experiment is None or not hasattr(experiment, "add_scalar"):
+        return
+    for cell_type, count in skip_counts.items():
+        experiment.add_scalar(f"collapse/skip_connect/{cell_type}", count, epoch)
+    if eigenvalue is not None:
+        experiment.add_scalar("collapse/hessian_eigenvalue", eigenvalue, epoch)

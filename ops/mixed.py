@@ -9,6 +9,11 @@ A decision is made per forward by the algorithm, never stored in the op:
   straight-through gradient to the architecture parameters (GDAS).
 
 All three go through :func:`weighted_sum`, the one place a fused kernel replaces.
+
+:class:`PartialChannelMixedOp` is the PC-DARTS edge (Xu et al., "PC-DARTS: Partial Channel
+Connections for Memory-Efficient Architecture Search", ICLR 2020; yuhuixu1993/PC-DARTS
+``model_search.py``: ``channel_shuffle``, ``MixedOp``): only 1/K of the channels go through the
+candidates, the rest bypass them, and :func:`channel_shuffle` mixes the two parts.
 """
 from __future__ import annotations
 
@@ -110,3 +115,91 @@ class MixedOp(nn.Module):
 
     def extra_repr(self) -> str:
         return f"candidates={list(self.candidates)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Partial channel connections (PC-DARTS)
+
+
+def _check_groups(x: torch.Tensor, groups: int) -> int:
+    if x.dim() != 4:
+        raise ValueError(f"channel shuffling takes [B, C, H, W] tensors, got shape {tuple(x.shape)}")
+    if groups < 1 or x.shape[1] % groups:
+        raise ValueError(f"groups={groups} must be a positive divisor of the {x.shape[1]} channels")
+    return x.shape[1] // groups
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Interleave ``groups`` channel groups (PC-DARTS ``model_search.channel_shuffle``).
+
+    View [B, C, H, W] as [B, groups, C/groups, H, W], swap dims 1 and 2 and flatten back, so
+    output channel ``i * groups + g`` is input channel ``g * C/groups + i``. One copy into a
+    tensor of the input's memory format (channels_last stays channels_last).
+    """
+    per_group = _check_groups(x, groups)
+    out = torch.empty_like(x)
+    out.unflatten(1, (per_group, groups)).copy_(x.unflatten(1, (groups, per_group)).transpose(1, 2))
+    return out
+
+
+def channel_unshuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """The inverse of :func:`channel_shuffle` with the same ``groups``."""
+    per_group = _check_groups(x, groups)
+    out = torch.empty_like(x)
+    out.unflatten(1, (groups, per_group)).copy_(x.unflatten(1, (per_group, groups)).transpose(1, 2))
+    return out
+
+
+class PartialChannelMixedOp(MixedOp):
+    """A PC-DARTS edge: the candidates see 1/K of the channels, the rest bypass them.
+
+    The first C/K input channels go through the candidates (built with C/K channels; DARTS's
+    BN after pooling included), the other C - C/K channels pass unchanged, or through
+    ``MaxPool2d(2, 2)`` on a stride-2 edge; the output is ``channel_shuffle(cat[op_out,
+    bypass], K)`` (yuhuixu1993/PC-DARTS ``model_search.MixedOp``, K = 4).
+
+    Edge normalization (PC-DARTS node = sum_j beta_hat_ij * edge_ij(h_j)) scales the whole edge
+    output, bypass included. An algorithm passes it as a dense decision already multiplied by
+    the edge's beta_hat; since the candidate weights are a softmax summing to 1, the edge's
+    total weight is ``decision.sum()`` and the bypass is scaled by it: by exactly 1 without
+    edge normalization, by beta_hat with it, so ``op(x, softmax(a) * b) == b * op(x, softmax(a))``.
+    ``int`` and :class:`SampledPath` decisions leave the bypass unscaled.
+
+    Args:
+        candidates, C, stride, affine, bn_after_pool: as :class:`MixedOp`; C is the edge's full
+            channel count.
+        partial_channels: K, the inverse proportion of channels sent through the candidates
+            (PC-DARTS ``self.k = 4``). K = 1 is a plain :class:`MixedOp`.
+
+    Raises:
+        ValueError: if K is not a positive divisor of C, or the stride is not 1 or 2.
+    """
+
+    def __init__(self, candidates: Sequence[str], C: int, stride: int = 1, affine: bool = False,
+                 bn_after_pool: bool = False, partial_channels: int = 4):
+        if partial_channels < 1 or C % partial_channels:
+            raise ValueError(f"partial_channels={partial_channels} must be a positive divisor of the "
+                             f"edge's C={C} channels")
+        if stride not in (1, 2):
+            raise ValueError(f"stride {stride}: a partial-channel edge has stride 1 or 2")
+        super().__init__(candidates, C // partial_channels, stride, affine, bn_after_pool)
+        self.channels = C
+        self.partial_channels = partial_channels
+        # model_search.MixedOp: a reduction edge max-pools the bypassed channels to its resolution
+        self.bypass_pool = nn.MaxPool2d(2, 2) if stride == 2 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, decision: Decision) -> torch.Tensor:
+        k = self.partial_channels
+        if k == 1:
+            return super().forward(x, decision)
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"this edge takes [B, {self.channels}, H, W] inputs, got {tuple(x.shape)}")
+        searched = self.channels // k
+        out = super().forward(x[:, :searched], decision)
+        bypass = self.bypass_pool(x[:, searched:])
+        if isinstance(decision, torch.Tensor):  # the edge's total weight: 1, or beta_hat
+            bypass = bypass * decision.sum()
+        return channel_shuffle(torch.cat([out, bypass], dim=1), k)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, channels={self.channels}, partial_channels={self.partial_channels}"

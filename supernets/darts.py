@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ops.candidates import FactorizedReduce, Identity, ReLUConvBN, build_candidate
-from ops.mixed import MixedOp, SampledPath
+from ops.mixed import MixedOp, PartialChannelMixedOp, SampledPath
 from supernets import register
 from supernets.base import Arch, SearchSpace, Supernet, check_edge_weights
 
@@ -86,10 +86,13 @@ class SearchCell(nn.Module):
 
     The edges are kept as one flat ModuleList in label order, with a parallel tuple of
     ``(label, input index, closes node)`` so the forward is a single loop without lookups.
+    With ``partial_channels`` K > 1 the edges are PC-DARTS :class:`PartialChannelMixedOp`
+    (ops and the BN after pooling built with C/K channels, as PC-DARTS model_search.py).
     """
 
     def __init__(self, cell_type: str, steps: int, multiplier: int, C_prev_prev: int, C_prev: int,
-                 C: int, reduction: bool, reduction_prev: bool, affine: bool = False):
+                 C: int, reduction: bool, reduction_prev: bool, affine: bool = False,
+                 partial_channels: int = 1):
         super().__init__()
         self.cell_type = cell_type
         self.reduction = reduction
@@ -104,7 +107,11 @@ class SearchCell(nn.Module):
         for i in range(2, 2 + steps):
             for j in range(i):
                 stride = 2 if reduction and j < 2 else 1  # only the cell inputs are strided
-                mixed_ops.append(MixedOp(PRIMITIVES, C, stride, affine=affine, bn_after_pool=True))
+                mixed_ops.append(
+                    MixedOp(PRIMITIVES, C, stride, affine=affine, bn_after_pool=True)
+                    if partial_channels == 1 else
+                    PartialChannelMixedOp(PRIMITIVES, C, stride, affine=affine, bn_after_pool=True,
+                                          partial_channels=partial_channels))
                 meta.append((f"{cell_type}/{i}<-{j}", j, j == i - 1))
         self.mixed_ops = nn.ModuleList(mixed_ops)
         self.edge_meta: tuple[tuple[str, int, bool], ...] = tuple(meta)
@@ -133,11 +140,12 @@ class DartsSupernet(Supernet):
     ``forward(x, decisions)`` takes one decision per edge label (a [8] weight tensor, an int,
     a SampledPath, or None for an absent edge); normal cells share the ``normal/...`` decisions
     and reduction cells the ``reduce/...`` ones, as DARTS shares alphas_normal / alphas_reduce.
+    ``partial_channels`` K > 1 builds PC-DARTS partial-channel edges (K must divide C).
     """
 
     def __init__(self, num_classes: int = 10, C: int = 16, layers: int = 8, steps: int = 4,
                  multiplier: int = 4, stem_multiplier: int = 3, affine: bool = False,
-                 in_channels: int = 3):
+                 in_channels: int = 3, partial_channels: int = 1):
         super().__init__()
         self.edges: dict[str, tuple[str, ...]] = {label: PRIMITIVES for label in edge_labels(steps)}
         self.steps, self.multiplier = steps, multiplier
@@ -152,7 +160,8 @@ class DartsSupernet(Supernet):
             if reduction:
                 C_curr *= 2
             cells.append(SearchCell("reduce" if reduction else "normal", steps, multiplier,
-                                    C_prev_prev, C_prev, C_curr, reduction, reduction_prev, affine))
+                                    C_prev_prev, C_prev, C_curr, reduction, reduction_prev, affine,
+                                    partial_channels))
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
         self.cells = nn.ModuleList(cells)
@@ -523,10 +532,11 @@ class DartsSpace(SearchSpace):
     # --- networks -----------------------------------------------------------------------------
     def build_supernet(self, num_classes: int = 10, C: int = 16, layers: int = 8, steps: int = 4,
                        multiplier: int = 4, stem_multiplier: int = 3, affine: bool = False,
-                       in_channels: int = 3) -> DartsSupernet:
-        """The search network of train_search.py (8 cells, C=16 by default)."""
+                       in_channels: int = 3, partial_channels: int = 1) -> DartsSupernet:
+        """The search network of train_search.py (8 cells, C=16 by default); ``partial_channels``
+        K > 1 gives PC-DARTS's (model_search.py, K = 4)."""
         return DartsSupernet(num_classes, C, layers, steps, multiplier, stem_multiplier, affine,
-                             in_channels)
+                             in_channels, partial_channels)
 
     def build_network(self, arch: Arch, num_classes: int = 10, C: int = 36, layers: int = 20,
                       auxiliary: bool = False, drop_path_prob: float = 0.0,

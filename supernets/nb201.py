@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ops.candidates import ReLUConvBN, build_candidate
-from ops.mixed import Decision, MixedOp
+from ops.mixed import Decision, MixedOp, PartialChannelMixedOp
 from supernets import register
 from supernets.base import Arch, SearchSpace, Supernet, check_edge_weights
 
@@ -103,12 +103,18 @@ class ResNetBasicblock(nn.Module):
 class NB201SearchCell(nn.Module):
     """All 6 edges as :class:`MixedOp` over :data:`PRIMITIVES` (xautodl ``NAS201SearchCell``).
 
-    ``forward(x, decisions)`` takes one decision per edge, in :data:`EDGES` order.
+    ``forward(x, decisions)`` takes one decision per edge, in :data:`EDGES` order. With
+    ``partial_channels`` K > 1 the edges are PC-DARTS :class:`PartialChannelMixedOp` edges, whose
+    ops have C/K channels.
     """
 
-    def __init__(self, C: int, affine: bool = False, track_running_stats: bool = True):
+    def __init__(self, C: int, affine: bool = False, track_running_stats: bool = True,
+                 partial_channels: int = 1):
         super().__init__()
-        self.edges = nn.ModuleDict({label: MixedOp(PRIMITIVES, C, 1, affine) for label in EDGES})
+        self.edges = nn.ModuleDict({
+            label: (MixedOp(PRIMITIVES, C, 1, affine) if partial_channels == 1
+                    else PartialChannelMixedOp(PRIMITIVES, C, 1, affine, partial_channels=partial_channels))
+            for label in EDGES})
         if not track_running_stats:
             _disable_running_stats(self)
         # Per target node: ((edge position, label), source node). Ops are looked up by label at
@@ -187,10 +193,11 @@ class NB201Supernet(Supernet):
         affine: affine BN in the cells (False in every NB201 search script).
         track_running_stats: running statistics in the cells' BNs (the scripts' BN flag).
         in_channels: image channels.
+        partial_channels: K of PC-DARTS partial channel connections (1: every channel searched).
     """
 
     def __init__(self, num_classes: int = 10, C: int = 16, N: int = 5, affine: bool = False,
-                 track_running_stats: bool = True, in_channels: int = 3):
+                 track_running_stats: bool = True, in_channels: int = 3, partial_channels: int = 1):
         super().__init__()
         self.edges = {label: PRIMITIVES for label in EDGES}
         # Stem, ResNet blocks and lastact use default BNs (affine, running stats) in the reference.
@@ -199,7 +206,7 @@ class NB201Supernet(Supernet):
         cells = []
         for channels, reduction in _stage_layout(C, N):
             cells.append(ResNetBasicblock(channels // 2, channels, 2) if reduction
-                         else NB201SearchCell(channels, affine, track_running_stats))
+                         else NB201SearchCell(channels, affine, track_running_stats, partial_channels))
         self.cells = nn.ModuleList(cells)
         channels = 4 * C
         self.lastact = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
@@ -390,8 +397,11 @@ class NB201Space(SearchSpace):
 
     # --- networks -----------------------------------------------------------------------------
     def build_supernet(self, num_classes: int = 10, C: int = 16, N: int = 5, affine: bool = False,
-                       track_running_stats: bool = True, in_channels: int = 3) -> NB201Supernet:
-        return NB201Supernet(num_classes, C, N, affine, track_running_stats, in_channels)
+                       track_running_stats: bool = True, in_channels: int = 3,
+                       partial_channels: int = 1) -> NB201Supernet:
+        """The search network; ``partial_channels`` K > 1 gives PC-DARTS edges (K must divide C)."""
+        return NB201Supernet(num_classes, C, N, affine, track_running_stats, in_channels,
+                             partial_channels)
 
     def build_network(self, arch: Arch, num_classes: int = 10, C: int = 16, N: int = 5,
                       in_channels: int = 3) -> NB201Network:

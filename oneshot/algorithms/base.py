@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import supernets
-from oneshot.arch_logging import log_architecture
+from oneshot.arch_logging import log_architecture, log_collapse
+from oneshot.diagnostics import EigenvalueEarlyStop, dominant_hessian_eigenvalue, skip_connect_count
 from supernets import Arch
 
 
@@ -57,7 +58,21 @@ class SearchAlgorithm(L.LightningModule):
             ``contiguous``, or ``auto`` (channels_last on CPU, where oneDNN runs the DARTS-space
             step about 1.5x faster: benchmarks/step.py; contiguous elsewhere). Numerics only
             differ by float rounding.
+        hessian_every: every E epochs (and at the last), the dominant eigenvalue of the Hessian
+            of the validation loss w.r.t. the architecture parameters (R-DARTS, Zela et al. 2020),
+            logged as ``collapse/hessian_eigenvalue``; 0 turns it off. It is taken on one fixed
+            batch, the first architecture ("val") batch this process trains on, in train-mode
+            BatchNorm as the architecture step sees it (running statistics left untouched), and
+            averaged over ranks.
+        hessian_iterations: power-iteration steps (Hessian-vector products) per eigenvalue.
+        early_stop_on_eigenvalue: stop with R-DARTS's rule (DARTS-ES,
+            :class:`oneshot.diagnostics.EigenvalueEarlyStop`) and export the architecture of the
+            epoch it rolls back to; needs ``hessian_every``.
+        early_stop_options: keyword arguments of ``EigenvalueEarlyStop`` (R-DARTS defaults:
+            window 5, factor 1.3, delta 4, start_epoch 10).
     """
+
+    differentiable: bool = True  # False: no trainable architecture distribution (RSPS): no Hessian
 
     def __init__(self, space: str = "nb201", space_options: dict[str, Any] | None = None,
                  num_classes: int = 10, in_channels: int = 3,
@@ -65,7 +80,10 @@ class SearchAlgorithm(L.LightningModule):
                  momentum: float = 0.9, weight_decay: float = 3e-4, nesterov: bool = False,
                  grad_clip: float = 5.0, arch_learning_rate: float = 3e-4,
                  arch_betas: tuple[float, float] = (0.5, 0.999), arch_weight_decay: float = 1e-3,
-                 alpha_init_std: float = 1e-3, memory_format: str = "auto"):
+                 alpha_init_std: float = 1e-3, memory_format: str = "auto",
+                 hessian_every: int = 0, hessian_iterations: int = 20,
+                 early_stop_on_eigenvalue: bool = False,
+                 early_stop_options: dict[str, Any] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -78,6 +96,14 @@ class SearchAlgorithm(L.LightningModule):
             label: nn.Parameter(alpha_init_std * torch.randn(len(ops)))
             for label, ops in self.supernet.edges.items()
         })
+        if hessian_every < 0 or hessian_iterations < 1:
+            raise ValueError(f"hessian_every ({hessian_every}) must be >= 0 (0 = off) and "
+                             f"hessian_iterations ({hessian_iterations}) >= 1")
+        if early_stop_on_eigenvalue and not hessian_every:
+            raise ValueError("early_stop_on_eigenvalue needs the eigenvalue: set hessian_every >= 1 "
+                             "(R-DARTS computes it every epoch)")
+        self.eigenvalue_early_stop = EigenvalueEarlyStop(**(early_stop_options or {}))
+        self._hessian_batch: Any = None
 
     def on_fit_start(self) -> None:
         if self.input_memory_format() is torch.channels_last:
@@ -140,6 +166,12 @@ class SearchAlgorithm(L.LightningModule):
             self.log("arch_loss", arch_loss, on_step=False, on_epoch=True,
                      batch_size=val_batch[0].shape[0], sync_dist=True)
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # kept here rather than in training_step, which subclasses may replace
+        if (self.hparams.hessian_every and self._hessian_batch is None and isinstance(batch, Mapping)
+                and "val" in batch):
+            self._hessian_batch = tuple(t.detach() for t in batch["val"])  # fixed for the whole run
+
     def on_train_epoch_start(self) -> None:
         # One cosine step per epoch, taken at the start of the epoch as DARTS does; catching up
         # to the epoch counter also makes a resumed run continue on the right learning rate.
@@ -159,11 +191,52 @@ class SearchAlgorithm(L.LightningModule):
         if self.trainer.sanity_checking:
             return
         arch = self.export()
+        eigenvalue = self.hessian_eigenvalue()  # every rank: it ends in an all-reduce
+        last_epoch = self.trainer.max_epochs is not None and self.current_epoch >= self.trainer.max_epochs - 1
+        if (eigenvalue is not None and self.hparams.early_stop_on_eigenvalue and not last_epoch
+                and self.eigenvalue_early_stop.update(self.current_epoch, eigenvalue, arch)):
+            self.trainer.should_stop = True  # same eigenvalues on every rank: the same decision
+            arch = self.export()  # the architecture of the epoch R-DARTS rolls back to
         run_directory = self.trainer.log_dir  # a collective under DDP: every rank asks
         if self.trainer.is_global_zero:
             log_architecture(self.logger, self.current_epoch, self.arch_weights(), self.supernet.edges,
                              self.space, arch)
+            skips = skip_connect_count(arch, self.space) if "skip_connect" in getattr(
+                self.space, "primitives", ()) else {}
+            log_collapse(self.logger, self.current_epoch, skips, eigenvalue)
             self.write_arch(arch, run_directory)
+
+    def hessian_eigenvalue(self) -> float | None:
+        """The dominant eigenvalue of the validation-loss Hessian w.r.t. the architecture
+        parameters on the fixed batch, averaged over ranks; None when not due this epoch.
+
+        The loss is ``loss_and_accuracy(batch, arch_weights())``, so a subclass's own
+        ``arch_weights`` (e.g. PC-DARTS's edge normalization) is part of what is measured.
+        """
+        every, params = self.hparams.hessian_every, self.architecture_parameters()
+        if not every or not self.differentiable or not params or self._hessian_batch is None:
+            return None
+        last_epoch = self.trainer.max_epochs is not None and self.current_epoch >= self.trainer.max_epochs - 1
+        if self.current_epoch % every and not last_epoch:  # R-DARTS: epoch % freq == 0 or the last
+            return None
+        batch, was_training = self._hessian_batch, self.supernet.training
+        # validation hooks run under inference mode; the diagnostic needs double backward
+        with torch.inference_mode(False), torch.enable_grad():
+            saved_buffers = [b.detach().clone() for b in self.supernet.buffers()]
+            self.supernet.train()
+            try:
+                value = dominant_hessian_eigenvalue(
+                    lambda: self.loss_and_accuracy(batch, self.arch_weights())[0], params,
+                    iterations=self.hparams.hessian_iterations,
+                    generator=torch.Generator().manual_seed(int(self.current_epoch)))
+            finally:
+                with torch.no_grad():  # BatchNorm running statistics as training left them
+                    for buffer, saved in zip(self.supernet.buffers(), saved_buffers):
+                        buffer.copy_(saved)
+                self.supernet.train(was_training)
+        averaged = torch.tensor([value], dtype=torch.float32, device=self.device)
+        all_reduce_mean([averaged])
+        return float(averaged)
 
     # --- optimizers ------------------------------------------------------------------------------
     def architecture_parameters(self) -> list[nn.Parameter]:
@@ -183,7 +256,10 @@ class SearchAlgorithm(L.LightningModule):
     # --- export and artifacts -------------------------------------------------------------------
     @torch.no_grad()
     def export(self) -> Arch:
-        """The current architecture by the space's rule (argmax for NB201, top-2 for DARTS)."""
+        """The current architecture by the space's rule (argmax for NB201, top-2 for DARTS), or,
+        once the eigenvalue early stop has fired, the architecture of the epoch it rolled back to."""
+        if self.eigenvalue_early_stop.stopped:
+            return self.eigenvalue_early_stop.stop_arch
         return self.space.discretize({k: w.detach().cpu() for k, w in self.arch_weights().items()})
 
     def write_arch(self, arch: Arch, directory: str | None) -> str | None:
@@ -196,6 +272,12 @@ class SearchAlgorithm(L.LightningModule):
                   "algorithm": type(self).__name__, "epoch": int(self.current_epoch),
                   "rule": "space default", "weights": {k: [round(float(p), 6) for p in w.detach()]
                                                        for k, w in self.arch_weights().items()}}
+        stop = self.eigenvalue_early_stop
+        if stop.stopped:
+            record.update(epoch=stop.stop_epoch, rule="R-DARTS early stop (DARTS-ES)", note=(
+                f"the local average of the dominant Hessian eigenvalue rose by more than "
+                f"{stop.factor}x; this is the architecture of epoch {stop.stop_epoch}, recorded "
+                f"before the stop at epoch {stop.epochs[-1]} (weights are the current ones)"))
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(record, f, indent=1)
@@ -209,6 +291,10 @@ class SearchAlgorithm(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["oneshot"] = self.checkpoint_identity()
+        if self.hparams.hessian_every:
+            state = self.eigenvalue_early_stop.state_dict()
+            state["archs"] = {k: a.to_json() for k, a in state["archs"].items()}
+            checkpoint["eigenvalue_early_stop"] = state
         name, keys, position, has_gauss, cached = np.random.get_state()
         # plain types and tensors only, so `torch.load(weights_only=True)` reads the checkpoint
         checkpoint["rng_states"] = {"python": random.getstate(), "torch": torch.get_rng_state(),
@@ -217,6 +303,10 @@ class SearchAlgorithm(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_checkpoint_identity(checkpoint, self.checkpoint_identity())
+        if "eigenvalue_early_stop" in checkpoint:
+            state = dict(checkpoint["eigenvalue_early_stop"])
+            state["archs"] = {k: Arch.from_json(a) for k, a in state["archs"].items()}
+            self.eigenvalue_early_stop.load_state_dict(state)
         states = checkpoint.get("rng_states")
         if states:  # continue the random stream exactly where the run stopped
             random.setstate(states["python"])

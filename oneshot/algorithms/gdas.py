@@ -1,0 +1,160 @@
+"""GDAS: Searching for A Robust Neural Architecture in Four GPU Hours (Dong & Yang, CVPR 2019).
+
+Reference: D-X-Y/AutoDL-Projects, the authors' re-implementation:
+``exps/NAS-Bench-201-algos/GDAS.py`` (training loop, temperature schedule) and the GDAS search
+models (``NASNetworkGDAS.forward`` ``get_gumbel_prob``, ``search_model_gdas.py``).
+
+What differs from the base: each forward samples one candidate per edge label with the
+Gumbel-max trick and runs only that candidate; straight-through weights carry the Gumbel-softmax
+gradient to alpha. The temperature falls linearly per epoch from ``tau_max`` to ``tau_min``.
+Steps alternate first order: weight step on the train batch, then alpha step on the validation
+batch with a fresh sample (``search_func`` in GDAS.py).
+"""
+from __future__ import annotations
+
+import os
+import random
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from oneshot.algorithms.base import SearchAlgorithm, all_reduce_mean
+from ops.mixed import SampledPath
+
+
+def rank_shared_seed(*parts: Any) -> int:
+    """A 63-bit seed from the run's global seed and ``parts``, the same on every rank.
+
+    Under data parallelism every rank must sample the same architecture at the same step:
+    otherwise ranks train different paths and DDP averages gradients of mismatched subnets.
+    The process-wide RNGs cannot promise that (any rank-local draw desynchronises them), so a
+    sample is drawn from a generator seeded by (``seed_everything``'s seed, step, purpose),
+    which also makes a resumed run sample exactly what the uninterrupted one would.
+    """
+    seed = os.environ.get("PL_GLOBAL_SEED", "0")  # set by seed_everything on every rank
+    key = "/".join(str(p) for p in (seed, *parts))
+    return random.Random(key).getrandbits(63)  # str seeds are hashed with SHA-512: stable
+
+
+def gumbel_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None) -> torch.Tensor:
+    """Gumbel(0, 1) noise as GDAS draws it: -log(E), E ~ Exponential(1)."""
+    if generator is not None:
+        device = generator.device
+    return -torch.empty(shape, device=device).exponential_(generator=generator).log()
+
+
+def gumbel_straight_through(alpha: torch.Tensor, tau: float, generator: torch.Generator | None = None,
+                            max_tries: int = 100) -> SampledPath:
+    """One Gumbel-max sample of ``alpha`` [K] with straight-through Gumbel-softmax weights.
+
+    logits = (log_softmax(alpha) + g) / tau, probs = softmax(logits), index = argmax; the
+    weights are one-hot in the forward pass and have the gradient of ``probs``. GDAS writes
+    ``hard - probs.detach() + probs``; ``hard + (probs - probs.detach())`` is the same function
+    with the same gradient but is exactly 0/1 in floating point, so the chosen candidate is scaled
+    by exactly 1. A draw with inf/NaN (E = 0 gives g = inf) is discarded and redrawn, as
+    ``get_gumbel_prob`` loops.
+
+    Raises:
+        ValueError: if ``tau`` <= 0 or ``alpha`` is not a finite vector (redrawing cannot help).
+        RuntimeError: if ``max_tries`` draws in a row were not finite.
+    """
+    if not tau > 0:
+        raise ValueError(f"tau={tau}: the Gumbel-softmax temperature must be positive")
+    if alpha.dim() != 1 or not torch.isfinite(alpha).all():
+        raise ValueError(f"alpha must be a finite vector [K], got shape {tuple(alpha.shape)} "
+                         f"with values {alpha.detach().cpu().tolist()}")
+    log_probs = F.log_softmax(alpha, dim=-1)
+    for _ in range(max_tries):
+        g = gumbel_noise(alpha.shape, generator, alpha.device).to(alpha.device, alpha.dtype)
+        logits = (log_probs + g) / tau
+        probs = F.softmax(logits, dim=-1)
+        if not (torch.isfinite(g).all() and torch.isfinite(logits).all() and torch.isfinite(probs).all()):
+            continue
+        index = int(probs.argmax())
+        hard = F.one_hot(torch.tensor(index, device=alpha.device), alpha.shape[0]).to(probs.dtype)
+        return SampledPath(index, hard + (probs - probs.detach()))
+    raise RuntimeError(f"{max_tries} Gumbel draws in a row were not finite for alpha={alpha.tolist()}")
+
+
+class GdasSearch(SearchAlgorithm):
+    """GDAS: one Gumbel-max sampled candidate per edge label per forward.
+
+    One sample per label per forward is shared by every cell carrying that label, as the
+    reference samples the whole alpha tensor once per forward. Validation runs the exported
+    architecture (argmax of alpha per edge, by the space's rule) as a single path with the
+    inherited weights: it scores what the search would return, and is deterministic, so the
+    curve is comparable across epochs. The reference has no separate validation pass; its
+    "evaluate" number is the sampled forward of the alpha step, logged here as ``arch_loss``.
+
+    Export: the base's ``space.discretize(softmax(alpha))``. For NB201 that is the argmax per
+    edge including ``none``, as GDAS's NB201 genotype. For the DARTS space it is DARTS's rule
+    (top-2 distinct input edges per node, each with its best non-``none`` op); the reference's
+    NASNet GDAS genotype (``NASNetworkGDAS.genotype``) instead ranks all (op, input) pairs of a
+    node and keeps the top 2 pairs, which may take two ops from the same input. The supernet
+    has one op per edge, so such a genotype could not be run with inherited weights here.
+
+    Args:
+        tau_max: temperature of the first epoch (GDAS.sh ``--tau_max 10``).
+        tau_min: temperature of the last epoch (GDAS.sh ``--tau_min 0.1``).
+        **kwargs: the shared optimization settings of :class:`SearchAlgorithm`.
+    """
+
+    arch_step_first = False  # search_func: weight step, then architecture step
+
+    def __init__(self, *args: Any, tau_max: float = 10.0, tau_min: float = 0.1, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.save_hyperparameters()
+        if not tau_max >= tau_min > 0:
+            raise ValueError(f"tau_max={tau_max}, tau_min={tau_min}: need tau_max >= tau_min > 0")
+        self._validation_decisions: dict[str, Any] | None = None
+
+    # --- temperature --------------------------------------------------------------------------
+    def temperature(self, epoch: int, epochs: int) -> float:
+        """tau_e = tau_max - (tau_max - tau_min) * e / (E - 1), GDAS.py ``set_tau`` (E = 1: tau_max)."""
+        h = self.hparams
+        if epochs <= 1:
+            return float(h.tau_max)
+        return float(h.tau_max - (h.tau_max - h.tau_min) * epoch / (epochs - 1))
+
+    @property
+    def tau(self) -> float:
+        """The temperature of the current epoch (tau_max outside a fit)."""
+        trainer = self._trainer
+        epochs = int(trainer.max_epochs) if trainer is not None and trainer.max_epochs else 1
+        return self.temperature(min(self.current_epoch, max(epochs - 1, 0)), epochs)
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        self.log("tau", self.tau, on_epoch=True, sync_dist=True)
+
+    # --- sampling -----------------------------------------------------------------------------
+    def sampled_decisions(self, purpose: str) -> dict[str, SampledPath]:
+        """One straight-through Gumbel sample per edge label, identical on every rank."""
+        generator = torch.Generator().manual_seed(rank_shared_seed("gdas", self.global_step, purpose))
+        tau = self.tau
+        return {label: gumbel_straight_through(alpha, tau, generator) for label, alpha in self.alphas.items()}
+
+    def decisions_for_weight_step(self) -> Mapping[str, Any]:
+        return self.sampled_decisions("weights")
+
+    def architecture_step(self, train_batch: Any, val_batch: Any) -> torch.Tensor:
+        """First order: d L_val(w, sample(alpha)) / d alpha through the straight-through weights."""
+        _, arch_optimizer = self.optimizers()
+        arch_optimizer.zero_grad()
+        loss, _ = self.loss_and_accuracy(val_batch, self.sampled_decisions("architecture"))
+        self.manual_backward(loss)
+        all_reduce_mean([a.grad for a in self.architecture_parameters() if a.grad is not None])
+        arch_optimizer.step()
+        return loss.detach()
+
+    # --- validation: the exported architecture as a single path --------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._validation_decisions = self.space.decisions(self.export())
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        decisions = self._validation_decisions or self.space.decisions(self.export())
+        loss, accuracy = self.loss_and_accuracy(batch, decisions)
+        self.log_dict({"val_loss": loss, "val_acc": accuracy}, prog_bar=True, on_epoch=True,
+                      batch_size=batch[0].shape[0], sync_dist=True)
