@@ -23,7 +23,22 @@ from torch import nn
 import supernets
 from oneshot.arch_logging import log_architecture, log_collapse
 from oneshot.diagnostics import EigenvalueEarlyStop, dominant_hessian_eigenvalue, skip_connect_count
+from oneshot.selection import best_of_n
 from supernets import Arch
+
+
+def rank_shared_seed(*parts: Any) -> int:
+    """A 63-bit seed from the run's global seed and ``parts``, the same on every rank.
+
+    Under data parallelism every rank must sample the same architecture at the same step:
+    otherwise ranks train different paths and DDP averages gradients of mismatched subnets.
+    The process-wide RNGs cannot promise that (any rank-local draw desynchronises them), so a
+    sample is drawn from a generator seeded by (``seed_everything``'s seed, step, purpose),
+    which also makes a resumed run sample exactly what the uninterrupted one would.
+    """
+    seed = os.environ.get("PL_GLOBAL_SEED", "0")  # set by seed_everything on every rank
+    key = "/".join(str(p) for p in (seed, *parts))
+    return random.Random(key).getrandbits(63)  # str seeds are hashed with SHA-512: stable
 
 
 def all_reduce_mean(tensors: list[torch.Tensor]) -> None:
@@ -70,6 +85,13 @@ class SearchAlgorithm(L.LightningModule):
             epoch it rolls back to; needs ``hessian_every``.
         early_stop_options: keyword arguments of ``EigenvalueEarlyStop`` (R-DARTS defaults:
             window 5, factor 1.3, delta 4, start_epoch 10).
+        selection: how the final architecture is chosen: ``rule`` (the space's discretization
+            of the architecture distribution) or ``best_of_n`` (score ``selection_samples``
+            uniform architectures with inherited weights on ``selection_batches`` validation
+            batches and keep the best, as NB201's RSPS/SETN/ENAS baselines do;
+            :func:`oneshot.selection.best_of_n`). It runs after the last epoch's validation.
+        selection_samples: architectures scored by ``best_of_n`` (NB201 ``--select_num 100``).
+        selection_batches: validation batches each is scored on (NB201: one).
     """
 
     differentiable: bool = True  # False: no trainable architecture distribution (RSPS): no Hessian
@@ -83,7 +105,8 @@ class SearchAlgorithm(L.LightningModule):
                  alpha_init_std: float = 1e-3, memory_format: str = "auto",
                  hessian_every: int = 0, hessian_iterations: int = 20,
                  early_stop_on_eigenvalue: bool = False,
-                 early_stop_options: dict[str, Any] | None = None):
+                 early_stop_options: dict[str, Any] | None = None, selection: str = "rule",
+                 selection_samples: int = 100, selection_batches: int = 1):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -103,6 +126,16 @@ class SearchAlgorithm(L.LightningModule):
             raise ValueError("early_stop_on_eigenvalue needs the eigenvalue: set hessian_every >= 1 "
                              "(R-DARTS computes it every epoch)")
         self.eigenvalue_early_stop = EigenvalueEarlyStop(**(early_stop_options or {}))
+        if selection not in ("rule", "best_of_n"):
+            raise ValueError(f"selection {selection!r}: use 'rule' (the space's discretization) or "
+                             "'best_of_n' (score sampled architectures on validation batches)")
+        if selection_samples < 1 or selection_batches < 1:
+            raise ValueError(f"selection_samples={selection_samples}, selection_batches="
+                             f"{selection_batches}: both must be at least 1")
+        self.space_options = dict(space_options or {})
+        self._tiny_reduce = any(isinstance(m, nn.Conv2d) and m.stride == (2, 2) and m.kernel_size == (1, 1)
+                                and m.in_channels < 8 for m in self.supernet.modules())  # see input_memory_format
+        self.selection: dict[str, Any] | None = None  # the best-of-N record, once it ran
         self._hessian_batch: Any = None
 
     def on_fit_start(self) -> None:
@@ -110,9 +143,13 @@ class SearchAlgorithm(L.LightningModule):
             self.supernet.to(memory_format=torch.channels_last)
 
     def input_memory_format(self) -> torch.memory_format:
+        """The layout ``memory_format`` asks for; ``auto`` is channels_last on CPU, except where a
+        stride-2 1x1 conv reads fewer than 8 channels: its channels_last CPU backward corrupts
+        the heap in torch 2.14 (oneDNN; e.g. FactorizedReduce of a C=4 DARTS supernet with
+        4 partial channels), so such tiny supernets stay contiguous."""
         choice = self.hparams.memory_format
         if choice == "auto":
-            choice = "channels_last" if self.device.type == "cpu" else "contiguous"
+            choice = "channels_last" if self.device.type == "cpu" and not self._tiny_reduce else "contiguous"
         return torch.channels_last if choice == "channels_last" else torch.contiguous_format
 
     # --- what subclasses change ------------------------------------------------------------
@@ -122,6 +159,10 @@ class SearchAlgorithm(L.LightningModule):
 
     def decisions_for_weight_step(self) -> dict[str, Any]:
         """Decisions used to train the supernet weights (dense DARTS mixing by default)."""
+        return self.arch_weights()
+
+    def decisions_for_validation(self, batch_idx: int) -> Mapping[str, Any]:
+        """Decisions the supernet is monitored with each epoch (dense mixing by default)."""
         return self.arch_weights()
 
     def architecture_step(self, train_batch: Any, val_batch: Any) -> torch.Tensor:
@@ -183,17 +224,28 @@ class SearchAlgorithm(L.LightningModule):
         self.log("lr", self.lr_schedulers().get_last_lr()[0], on_epoch=True, sync_dist=True)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        loss, accuracy = self.loss_and_accuracy(batch, self.arch_weights())
+        loss, accuracy = self.loss_and_accuracy(batch, self.decisions_for_validation(batch_idx))
         self.log_dict({"val_loss": loss, "val_acc": accuracy}, prog_bar=True, on_epoch=True,
                       batch_size=batch[0].shape[0], sync_dist=True)
+
+    @property
+    def selection_method(self) -> str:
+        """``selection``; always ``best_of_n`` without a distribution to discretize (RSPS)."""
+        return self.hparams.selection if self.differentiable else "best_of_n"
+
+    def is_last_epoch(self) -> bool:
+        return self.trainer.max_epochs is not None and self.current_epoch >= self.trainer.max_epochs - 1
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
+        if self.selection_method == "best_of_n" and self.is_last_epoch():
+            self.select_architecture()  # so that the last checkpoint holds the selection
+        if not self.differentiable and self.selection is None:
+            return  # no distribution to discretize and nothing selected yet
         arch = self.export()
         eigenvalue = self.hessian_eigenvalue()  # every rank: it ends in an all-reduce
-        last_epoch = self.trainer.max_epochs is not None and self.current_epoch >= self.trainer.max_epochs - 1
-        if (eigenvalue is not None and self.hparams.early_stop_on_eigenvalue and not last_epoch
+        if (eigenvalue is not None and self.hparams.early_stop_on_eigenvalue and not self.is_last_epoch()
                 and self.eigenvalue_early_stop.update(self.current_epoch, eigenvalue, arch)):
             self.trainer.should_stop = True  # same eigenvalues on every rank: the same decision
             arch = self.export()  # the architecture of the epoch R-DARTS rolls back to
@@ -216,8 +268,7 @@ class SearchAlgorithm(L.LightningModule):
         every, params = self.hparams.hessian_every, self.architecture_parameters()
         if not every or not self.differentiable or not params or self._hessian_batch is None:
             return None
-        last_epoch = self.trainer.max_epochs is not None and self.current_epoch >= self.trainer.max_epochs - 1
-        if self.current_epoch % every and not last_epoch:  # R-DARTS: epoch % freq == 0 or the last
+        if self.current_epoch % every and not self.is_last_epoch():  # R-DARTS: epoch % freq == 0 or the last
             return None
         batch, was_training = self._hessian_batch, self.supernet.training
         # validation hooks run under inference mode; the diagnostic needs double backward
@@ -256,11 +307,41 @@ class SearchAlgorithm(L.LightningModule):
     # --- export and artifacts -------------------------------------------------------------------
     @torch.no_grad()
     def export(self) -> Arch:
-        """The current architecture by the space's rule (argmax for NB201, top-2 for DARTS), or,
-        once the eigenvalue early stop has fired, the architecture of the epoch it rolled back to."""
+        """The architecture of the search: the best-of-N selection once it ran; the architecture
+        of the epoch R-DARTS rolled back to once the eigenvalue early stop fired; otherwise the
+        space's rule (argmax for NB201, top-2 for DARTS) on the architecture distribution.
+
+        Raises:
+            RuntimeError: for an algorithm without a distribution (RSPS) before its selection.
+        """
+        if self.selection is not None:
+            return Arch.from_json(self.selection["arch"])
         if self.eigenvalue_early_stop.stopped:
             return self.eigenvalue_early_stop.stop_arch
+        if not self.differentiable:
+            raise RuntimeError(f"{type(self).__name__} has no architecture before its best-of-N "
+                               "selection, which runs after the last epoch")
         return self.space.discretize({k: w.detach().cpu() for k, w in self.arch_weights().items()})
+
+    def select_architecture(self) -> Arch:
+        """Best-of-N on the validation loader, run by rank 0 and broadcast to every rank."""
+        trainer = self.trainer
+        record = None
+        if trainer.is_global_zero:
+            loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None \
+                else trainer.val_dataloaders  # the full split, no distributed sampler
+            if loader is None:
+                raise ValueError("best-of-N selection scores on validation data: fit with a "
+                                 "datamodule or val_dataloaders")
+            h = self.hparams
+            rng = random.Random(rank_shared_seed("selection", self.global_step))
+            arch, scores = best_of_n(self, loader, h.selection_samples, h.selection_batches, rng=rng)
+            record = {"arch": arch.to_json(), "global_step": int(self.global_step),
+                      "epoch": int(self.current_epoch), "num_samples": len(scores),
+                      "num_batches": int(h.selection_batches),
+                      "scores": [[text, float(acc), float(loss)] for text, acc, loss in scores]}
+        self.selection = trainer.strategy.broadcast(record, src=0)
+        return self.export()
 
     def write_arch(self, arch: Arch, directory: str | None) -> str | None:
         """Write ``arch.json`` (space, canonical string, choices, epoch) into the run directory."""
@@ -272,8 +353,13 @@ class SearchAlgorithm(L.LightningModule):
                   "algorithm": type(self).__name__, "epoch": int(self.current_epoch),
                   "rule": "space default", "weights": {k: [round(float(p), 6) for p in w.detach()]
                                                        for k, w in self.arch_weights().items()}}
+        if self.selection is not None:
+            record["rule"] = (f"best of {self.selection['num_samples']} uniform samples by accuracy "
+                              f"on {self.selection['num_batches']} validation batch(es)")
+            record["selection"] = {k: self.selection[k]
+                                   for k in ("epoch", "num_samples", "num_batches", "scores")}
         stop = self.eigenvalue_early_stop
-        if stop.stopped:
+        if stop.stopped and self.selection is None:
             record.update(epoch=stop.stop_epoch, rule="R-DARTS early stop (DARTS-ES)", note=(
                 f"the local average of the dominant Hessian eigenvalue rose by more than "
                 f"{stop.factor}x; this is the architecture of epoch {stop.stop_epoch}, recorded "
@@ -287,10 +373,11 @@ class SearchAlgorithm(L.LightningModule):
     # --- checkpoints: identity of the run and exact resumption ------------------------------
     def checkpoint_identity(self) -> dict[str, Any]:
         return {"space": self.space.name, "algorithm": type(self).__name__,
-                "edges": list(self.supernet.edges)}
+                "edges": list(self.supernet.edges), "space_options": self.space_options}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["oneshot"] = self.checkpoint_identity()
+        checkpoint["selection"] = self.selection
         if self.hparams.hessian_every:
             state = self.eigenvalue_early_stop.state_dict()
             state["archs"] = {k: a.to_json() for k, a in state["archs"].items()}
@@ -303,6 +390,7 @@ class SearchAlgorithm(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_checkpoint_identity(checkpoint, self.checkpoint_identity())
+        self.selection = checkpoint.get("selection")
         if "eigenvalue_early_stop" in checkpoint:
             state = dict(checkpoint["eigenvalue_early_stop"])
             state["archs"] = {k: Arch.from_json(a) for k, a in state["archs"].items()}
@@ -315,10 +403,16 @@ class SearchAlgorithm(L.LightningModule):
             torch.set_rng_state(states["torch"])
 
     def on_train_end(self) -> None:
-        """Check that every rank ended with the same architecture parameters."""
+        """Select when no validation followed the last step; check the ranks agree."""
+        if (self.selection_method == "best_of_n" and not self.trainer.interrupted
+                and (self.selection is None or self.selection["global_step"] != self.global_step)):
+            arch = self.select_architecture()
+            run_directory = self.trainer.log_dir  # a collective under DDP: every rank asks
+            if self.trainer.is_global_zero:
+                self.write_arch(arch, run_directory)
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
-        flat = torch.cat([a.detach().flatten() for a in self.alphas.values()])
+        flat = torch.cat([a.detach().flatten() for a in self.architecture_parameters()])
         reference = flat.clone()
         dist.broadcast(reference, src=0)
         if not torch.equal(flat, reference):
@@ -332,8 +426,10 @@ def check_checkpoint_identity(checkpoint: Mapping[str, Any], expected: Mapping[s
     if found is None:
         raise ValueError("this checkpoint was not written by `oneshot search` (no 'oneshot' entry); "
                          "pass a RUN/checkpoints/last.ckpt from a search run")
-    for key in ("space", "algorithm", "edges"):
+    for key in ("space", "algorithm", "edges", "space_options"):
         if found.get(key) != expected.get(key):
             shown = (found.get(key), expected.get(key)) if key != "edges" else ("other edges", "these edges")
+            if key == "space_options" and key not in found:
+                continue  # checkpoints written before space options were recorded
             raise ValueError(f"checkpoint {key} is {shown[0]!r} but this run's is {shown[1]!r}: resume with "
                              f"the config of the run that wrote the checkpoint")

@@ -12,29 +12,13 @@ batch with a fresh sample (``search_func`` in GDAS.py).
 """
 from __future__ import annotations
 
-import os
-import random
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 
-from oneshot.algorithms.base import SearchAlgorithm, all_reduce_mean
+from oneshot.algorithms.base import SearchAlgorithm, all_reduce_mean, rank_shared_seed
 from ops.mixed import SampledPath
-
-
-def rank_shared_seed(*parts: Any) -> int:
-    """A 63-bit seed from the run's global seed and ``parts``, the same on every rank.
-
-    Under data parallelism every rank must sample the same architecture at the same step:
-    otherwise ranks train different paths and DDP averages gradients of mismatched subnets.
-    The process-wide RNGs cannot promise that (any rank-local draw desynchronises them), so a
-    sample is drawn from a generator seeded by (``seed_everything``'s seed, step, purpose),
-    which also makes a resumed run sample exactly what the uninterrupted one would.
-    """
-    seed = os.environ.get("PL_GLOBAL_SEED", "0")  # set by seed_everything on every rank
-    key = "/".join(str(p) for p in (seed, *parts))
-    return random.Random(key).getrandbits(63)  # str seeds are hashed with SHA-512: stable
 
 
 def gumbel_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None = None,
@@ -153,8 +137,5 @@ class GdasSearch(SearchAlgorithm):
     def on_validation_epoch_start(self) -> None:
         self._validation_decisions = self.space.decisions(self.export())
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        decisions = self._validation_decisions or self.space.decisions(self.export())
-        loss, accuracy = self.loss_and_accuracy(batch, decisions)
-        self.log_dict({"val_loss": loss, "val_acc": accuracy}, prog_bar=True, on_epoch=True,
-                      batch_size=batch[0].shape[0], sync_dist=True)
+    def decisions_for_validation(self, batch_idx: int) -> Mapping[str, Any]:
+        return self._validation_decisions or self.space.decisions(self.export())

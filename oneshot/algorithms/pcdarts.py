@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from oneshot.algorithms.darts import DartsSearch
-from ops.candidates import FactorizedReduce
 
 
 def edge_node(label: str) -> str:
@@ -70,8 +69,6 @@ class PCDartsSearch(DartsSearch):
         for label in self.supernet.edges:
             nodes[edge_node(label)].append(label)
         self.node_edges: dict[str, tuple[str, ...]] = {node: tuple(labels) for node, labels in nodes.items()}
-        self._tiny_reduce = any(isinstance(m, FactorizedReduce) and m.conv_1.in_channels < 8
-                                for m in self.supernet.modules())  # see input_memory_format
 
     def edge_normalization(self) -> dict[str, torch.Tensor]:
         """beta_hat per edge label: softmax over the betas of the edges into the same node."""
@@ -94,19 +91,6 @@ class PCDartsSearch(DartsSearch):
         if self.current_epoch < self.hparams.arch_warmup_epochs:
             return None  # warm-up: weights only
         return super().architecture_step(train_batch, val_batch)
-
-    def input_memory_format(self) -> torch.memory_format:
-        """``auto`` stays contiguous on CPU when a FactorizedReduce reads fewer than 8 channels.
-
-        Partial channels make the stride-2 ``skip_connect`` of small supernets tiny, and the CPU
-        backward of a channels_last stride-2 1x1 conv with 2 to 6 input channels corrupts the
-        heap in torch 2.14 (oneDNN; e.g. C=4, K=4 in the DARTS space). Explicit
-        ``channels_last`` is left as asked.
-        """
-        layout = super().input_memory_format()
-        if self.hparams.memory_format == "auto" and layout is torch.channels_last and self._tiny_reduce:
-            return torch.contiguous_format
-        return layout
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()

@@ -93,3 +93,23 @@ def test_score_architecture_weights_batches_by_size():
     parts = [score_architecture(model, arch, [b]) for b in batches]
     assert accuracy == pytest.approx((6 * parts[0][0] + 2 * parts[1][0]) / 8)
     assert loss == pytest.approx((6 * parts[0][1] + 2 * parts[1][1]) / 8)
+
+
+def test_every_algorithm_can_select_best_of_n(tmp_path, monkeypatch):
+    """DARTS with selection=best_of_n exports the best-scoring sample, not its argmax."""
+    import lightning as L
+
+    from oneshot.algorithms import DartsSearch
+    from oneshot.data import DigitsDataModule
+
+    monkeypatch.chdir(tmp_path)
+    L.seed_everything(0)
+    model = DartsSearch(space="nb201", space_options={"C": 4, "N": 1}, num_classes=10, in_channels=1,
+                        selection="best_of_n", selection_samples=5)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
+    scores = model.selection["scores"]
+    assert len(scores) == 5
+    best = max(scores, key=lambda s: (s[1], -s[2]))[0]
+    assert model.space.format(model.export()) == best
