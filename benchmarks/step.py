@@ -1,29 +1,46 @@
-"""Time and peak memory of one dense-DARTS supernet training step: ours vs xautodl.
+"""Time and peak memory of one supernet weight step per search algorithm: ours vs xautodl.
 
-One step = forward, cross-entropy loss, backward to the weights and the architecture
-parameters, and one SGD step (momentum 0.9, weight decay 3e-4 on the weights; DARTS
-train_search.py). Mixing is dense DARTS: ``decisions = {label: softmax(alpha[label])}``.
+One step = forward with the algorithm's weight-step decisions, cross-entropy loss, backward,
+and one SGD step (momentum 0.9, weight decay 3e-4 on the weights; DARTS train_search.py) over
+the weights and the architecture parameters that received a gradient (SGD skips ``None``).
 
-Compared against D-X-Y/AutoDL-Projects (``pip install --no-deps xautodl``):
-``NASNetworkDARTS`` (xautodl/models/cell_searchs/search_model_darts_nasnet.py) for the DARTS
-space and ``TinyNetworkDarts`` (search_model_darts.py) for NAS-Bench-201, built with the
-settings of our supernets (C=16, 8 cells / N=5, affine False, running stats on).
+Our rows are built through the real algorithm classes (``oneshot.algorithms``: ``DartsSearch``,
+``PCDartsSearch`` with its default K = 4, ``GdasSearch``, ``RandomSinglePathSearch``) and run
+``model.loss_and_accuracy(batch, model.decisions_for_weight_step())``, so they measure what a
+search runs: dense softmax mixing (DARTS), dense partial-channel mixing times the edge
+normalization (PC-DARTS), one straight-through Gumbel sample per edge at tau = 10 (GDAS; the
+temperature outside a Trainer is ``tau_max``), one uniform single path (RSPS). Outside a
+Trainer ``global_step`` stays 0, so GDAS and RSPS would sample the same path at every step;
+the benchmark advances ``PL_GLOBAL_SEED``, which their samplers read, once per step so each
+step samples a fresh path as training does. The ``single`` row is a stand-alone network of one
+path of comparable size: ``build_network(space.sample(Random(0)))`` for NAS-Bench-201 (C=16,
+N=5) and ``build_network(DARTS_V2, C=16, layers=8)`` for the DARTS space.
+
+Compared against D-X-Y/AutoDL-Projects (``pip install --no-deps xautodl``), built with the
+settings of our supernets (C=16, 8 cells / N=5, affine False, running stats on):
+* darts: ``NASNetworkDARTS`` (search_model_darts_nasnet.py) and ``TinyNetworkDarts``
+  (search_model_darts.py);
+* gdas: ``NASNetworkGDAS`` (search_model_gdas_nasnet.py) and ``TinyNetworkGDAS``
+  (search_model_gdas.py) with ``set_tau(10)``; their forward samples a fresh path from torch's
+  global RNG at every call.
+The NASNet models are re-laid out to DARTS' 8 cells (:func:`_relayout_darts_cells`).
 
 Method:
 * time: ``--warmup`` steps, then the median of ``--steps`` steps timed with
-  ``time.perf_counter`` (``torch.cuda.synchronize`` around each step on CUDA);
-* memory on CPU: every (space, implementation) runs in a fresh subprocess of this script;
-  the peak is ``ru_maxrss`` after the steps minus ``ru_maxrss`` after model, optimizer and
-  batch construction (ATen's CPU allocations are invisible to tracemalloc, RSS sees them);
-  it includes allocator caching, which is the memory the process really holds;
+  ``time.perf_counter`` (``torch.cuda.synchronize`` around each step on CUDA). GDAS and RSPS
+  steps differ with the sampled path: their median is over different paths;
+* memory on CPU: every row runs in a fresh subprocess of this script; the peak is
+  ``ru_maxrss`` after the steps minus ``ru_maxrss`` after model, optimizer and batch
+  construction (ATen's CPU allocations are invisible to tracemalloc, RSS sees them); it
+  includes allocator caching, which is the memory the process really holds;
 * memory on CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation after construction.
 
 Usage (from the repository root)::
 
-    .venv/bin/python benchmarks/step.py                       # both spaces, CPU
-    .venv/bin/python benchmarks/step.py --threads 2 --steps 20
-    .venv/bin/python benchmarks/step.py --device cuda
-    .venv/bin/python benchmarks/step.py --profile --spaces darts   # top ops of our step
+    .venv/bin/python benchmarks/step.py                       # both spaces, 4 algorithms, CPU
+    .venv/bin/python benchmarks/step.py --spaces nb201 --algorithms gdas rsps --steps 20
+    .venv/bin/python benchmarks/step.py --device cuda --steps 50
+    .venv/bin/python benchmarks/step.py --profile --spaces darts --algorithms gdas  # top ops
 """
 from __future__ import annotations
 
@@ -32,6 +49,7 @@ import importlib.util
 import json
 import os
 import platform
+import random
 import resource
 import statistics
 import subprocess
@@ -48,11 +66,14 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 SPACES = ("darts", "nb201")
+ALGORITHMS = ("darts", "pcdarts", "gdas", "rsps")
 IMPLEMENTATIONS = ("ours", "xautodl")
+XAUTODL_ALGORITHMS = ("darts", "gdas")  # the xautodl search models compared here
 INPUT_SHAPE = (3, 32, 32)  # CIFAR-10
 NUM_CLASSES = 10
 # DARTS train_search.py: --learning_rate 0.025 --momentum 0.9 --weight_decay 3e-4.
 LR, MOMENTUM, WEIGHT_DECAY = 0.025, 0.9, 3e-4
+GDAS_TAU = 10.0  # GDAS.sh --tau_max 10: the temperature of the first epoch
 MEMORY_FORMAT = "channels_last"  # ours; set by --memory-format (xautodl runs as it ships)
 XAUTODL_MISSING = "xautodl not installed: pip install --no-deps xautodl"
 
@@ -62,41 +83,58 @@ def xautodl_available() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Models: each builder returns (model, weights, alphas, step_forward) where step_forward(x)
-# returns logits with the dense softmax mixing computed inside, as a training step does.
+# Models: each builder returns (model, weights, arch_params, step_loss, note) where step_loss(x, y)
+# computes the loss of one weight step, decisions included.
 
 
-Built = tuple[nn.Module, list[nn.Parameter], list[nn.Parameter], Callable[[torch.Tensor], torch.Tensor]]
+Built = tuple[nn.Module, list[nn.Parameter], list[nn.Parameter],
+              Callable[[torch.Tensor, torch.Tensor], torch.Tensor], str]
 
 
-def build_ours(space: str, device: torch.device) -> Built:
+def build_ours(space: str, algorithm: str, device: torch.device) -> Built:
+    from oneshot.algorithms import ALGORITHMS as CLASSES
+
+    model = CLASSES[algorithm](space=space, num_classes=NUM_CLASSES, in_channels=INPUT_SHAPE[0],
+                               memory_format=MEMORY_FORMAT).to(device)
+    model.on_fit_start()  # what a fit does first: the supernet in the chosen memory format
+    steps = iter(range(1, 2**31))
+
+    def step_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        os.environ["PL_GLOBAL_SEED"] = str(next(steps))  # a fresh GDAS/RSPS sample per step
+        return model.loss_and_accuracy((x, y), model.decisions_for_weight_step())[0]
+
+    note = f"{type(model).__name__}, input {str(model.input_memory_format()).split('.')[-1]}"
+    return model, list(model.supernet.parameters()), model.architecture_parameters(), step_loss, note
+
+
+def build_single(space: str, device: torch.device) -> Built:
     import supernets
 
-    model = supernets.get(space).build_supernet(num_classes=NUM_CLASSES).to(device)
-    if MEMORY_FORMAT == "channels_last":  # what SearchAlgorithm(memory_format="auto") does on CPU
-        model = model.to(memory_format=torch.channels_last)
-    # DARTS init: 1e-3 * randn per edge (model_search.py _initialize_alphas).
-    alphas = nn.ParameterDict({
-        label.replace("/", ":").replace("<-", "_from_"): nn.Parameter(1e-3 * torch.randn(len(ops), device=device))
-        for label, ops in model.edges.items()})
-    pairs = [(label, alphas[label.replace("/", ":").replace("<-", "_from_")]) for label in model.edges]
+    search_space = supernets.get(space)
+    if space == "darts":  # the 8-cell, C=16 search layout, with DARTS_V2's cells
+        arch = search_space.genotypes["DARTS_V2"]
+        network = search_space.build_network(arch, num_classes=NUM_CLASSES, C=16, layers=8)
+    else:
+        arch = search_space.sample(random.Random(0))
+        network = search_space.build_network(arch, num_classes=NUM_CLASSES)
+    network = network.to(device)
+    layout = torch.channels_last if MEMORY_FORMAT == "channels_last" else torch.contiguous_format
+    network = network.to(memory_format=layout)
+    criterion = nn.CrossEntropyLoss()
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        decisions = {label: torch.softmax(alpha, dim=-1) for label, alpha in pairs}
-        if MEMORY_FORMAT == "channels_last":
-            x = x.contiguous(memory_format=torch.channels_last)
-        return model(x, decisions)
+    def step_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return criterion(network(x.contiguous(memory_format=layout)), y)
 
-    return model, list(model.parameters()), list(alphas.values()), forward
+    return network, list(network.parameters()), [], step_loss, search_space.format(arch)
 
 
 def _relayout_darts_cells(model: nn.Module, search_space: list[str], C: int, layers: int) -> None:
     """Rebuild xautodl's cells in the DARTS layout: ``layers`` cells, reductions at layers//3 and
     2*layers//3 (model_search.py), i.e. 2 N 2 N 2 for 8 cells.
 
-    NASNetworkDARTS lays out N, R, N-1, R, N-1 cells, which is 6 cells at N=2 (and 9 at N=3):
-    no N gives DARTS' 8. Only the list of cells changes; the cells (xautodl NASNetSearchCell),
-    their forward and the network forward stay xautodl's own.
+    NASNetworkDARTS / NASNetworkGDAS lay out N, R, N-1, R, N-1 cells, which is 6 cells at N=2
+    (and 9 at N=3): no N gives DARTS' 8. Only the list of cells changes; the cells (xautodl
+    NASNetSearchCell), their forward and the network forward stay xautodl's own.
     """
     from xautodl.models.cell_searchs.search_cells import NASNetSearchCell
 
@@ -116,31 +154,43 @@ def _relayout_darts_cells(model: nn.Module, search_space: list[str], C: int, lay
     model._Layer = layers
 
 
-def build_xautodl(space: str, device: torch.device) -> Built:
+def build_xautodl(space: str, algorithm: str, device: torch.device) -> Built:
     from xautodl.models.cell_operations import SearchSpaceNames
-    from xautodl.models.cell_searchs import NASNetworkDARTS, TinyNetworkDarts
+    from xautodl.models.cell_searchs import (NASNetworkDARTS, NASNetworkGDAS, TinyNetworkDarts,
+                                             TinyNetworkGDAS)
 
+    if algorithm not in XAUTODL_ALGORITHMS:
+        raise ValueError(f"no xautodl model for {algorithm!r}; compared: {', '.join(XAUTODL_ALGORITHMS)}")
     if space == "darts":
         # C=16, steps 4, multiplier 4, stem multiplier 3, the 8 DARTS ops.
-        model = NASNetworkDARTS(C=16, N=2, steps=4, multiplier=4, stem_multiplier=3,
-                                num_classes=NUM_CLASSES, search_space=SearchSpaceNames["darts"],
-                                affine=False, track_running_stats=True)
+        cls = NASNetworkDARTS if algorithm == "darts" else NASNetworkGDAS
+        model = cls(C=16, N=2, steps=4, multiplier=4, stem_multiplier=3, num_classes=NUM_CLASSES,
+                    search_space=SearchSpaceNames["darts"], affine=False, track_running_stats=True)
         _relayout_darts_cells(model, SearchSpaceNames["darts"], C=16, layers=8)
     elif space == "nb201":
-        model = TinyNetworkDarts(C=16, N=5, max_nodes=4, num_classes=NUM_CLASSES,
-                                 search_space=SearchSpaceNames["nas-bench-201"], affine=False,
-                                 track_running_stats=True)  # ours: track_running_stats=True
+        cls = TinyNetworkDarts if algorithm == "darts" else TinyNetworkGDAS
+        model = cls(C=16, N=5, max_nodes=4, num_classes=NUM_CLASSES,
+                    search_space=SearchSpaceNames["nas-bench-201"], affine=False,
+                    track_running_stats=True)  # ours: track_running_stats=True
     else:
         raise ValueError(f"unknown space {space!r}; accepted: {', '.join(SPACES)}")
+    if algorithm == "gdas":
+        model.set_tau(GDAS_TAU)
     model = model.to(device)
+    criterion = nn.CrossEntropyLoss()
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return model(x)[1]  # (features, logits)
+    def step_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return criterion(model(x)[1], y)  # (features, logits); GDAS samples inside
 
-    return model, list(model.get_weights()), list(model.get_alphas()), forward
+    return model, list(model.get_weights()), list(model.get_alphas()), step_loss, cls.__name__
 
 
-BUILDERS = {"ours": build_ours, "xautodl": build_xautodl}
+def build(space: str, impl: str, algorithm: str, device: torch.device) -> Built:
+    if impl == "ours":
+        return build_single(space, device) if algorithm == "single" else build_ours(space, algorithm, device)
+    if impl == "xautodl":
+        return build_xautodl(space, algorithm, device)
+    raise ValueError(f"unknown implementation {impl!r}; accepted: {', '.join(IMPLEMENTATIONS)}")
 
 
 def parameter_breakdown(weights: list[nn.Parameter], model: nn.Module) -> dict[str, int]:
@@ -158,31 +208,29 @@ def parameter_breakdown(weights: list[nn.Parameter], model: nn.Module) -> dict[s
 # One measurement (runs in a fresh process)
 
 
-def make_step(args: argparse.Namespace, space: str, impl: str, device: torch.device):
+def make_step(args: argparse.Namespace, space: str, impl: str, algorithm: str, device: torch.device):
     torch.manual_seed(0)
-    model, weights, alphas, forward = BUILDERS[impl](space, device)
+    model, weights, arch_params, step_loss, note = build(space, impl, algorithm, device)
     model.train()
     optimizer = torch.optim.SGD([{"params": weights, "weight_decay": WEIGHT_DECAY},
-                                 {"params": alphas, "weight_decay": 0.0}],
+                                 {"params": arch_params, "weight_decay": 0.0}],
                                 lr=LR, momentum=MOMENTUM)
     x = torch.randn(args.batch_size, *INPUT_SHAPE, device=device)
     y = torch.randint(0, NUM_CLASSES, (args.batch_size,), device=device)
-    criterion = nn.CrossEntropyLoss()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss = criterion(forward(x), y)
-        loss.backward()
-        optimizer.step()
+        step_loss(x, y).backward()
+        optimizer.step()  # parameters off the sampled path have no gradient: SGD skips them
 
-    return model, weights, alphas, step
+    return model, weights, arch_params, step, note
 
 
-def measure(args: argparse.Namespace, space: str, impl: str) -> dict[str, Any]:
+def measure(args: argparse.Namespace, space: str, impl: str, algorithm: str) -> dict[str, Any]:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, weights, alphas, step = make_step(args, space, impl, device)
+    model, weights, arch_params, step, note = make_step(args, space, impl, algorithm, device)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
@@ -205,16 +253,17 @@ def measure(args: argparse.Namespace, space: str, impl: str) -> dict[str, Any]:
         peak_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
-    return {"space": space, "impl": impl, "params": sum(p.numel() for p in weights),
-            "arch_params": sum(p.numel() for p in alphas),
+    return {"space": space, "impl": impl, "algorithm": algorithm, "note": note,
+            "params": sum(p.numel() for p in weights),
+            "arch_params": sum(p.numel() for p in arch_params),
             "breakdown": parameter_breakdown(weights, model),
             "median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times),
             "peak_mb": peak_mb, "threads": torch.get_num_threads()}
 
 
-def run_worker(args: argparse.Namespace, space: str, impl: str) -> dict[str, Any]:
+def run_worker(args: argparse.Namespace, space: str, impl: str, algorithm: str) -> dict[str, Any]:
     """Run :func:`measure` in a fresh interpreter so its RSS high-water mark is its own."""
-    command = [sys.executable, os.path.abspath(__file__), "--_worker", space, impl,
+    command = [sys.executable, os.path.abspath(__file__), "--_worker", space, impl, algorithm,
                "--batch-size", str(args.batch_size), "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--device", args.device,
                "--memory-format", args.memory_format]
@@ -222,55 +271,77 @@ def run_worker(args: argparse.Namespace, space: str, impl: str) -> dict[str, Any
         command += ["--threads", str(args.threads)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
     if done.returncode != 0:
-        raise RuntimeError(f"worker {space}/{impl} failed:\n{done.stderr}")
+        raise RuntimeError(f"worker {space}/{impl}/{algorithm} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def planned_rows(args: argparse.Namespace, have_xautodl: bool) -> list[tuple[str, str, str]]:
+    """(space, impl, algorithm) per row: ours per algorithm, the single network, then xautodl's
+    models for the algorithms it has."""
+    rows = []
+    for space in args.spaces:
+        rows += [(space, "ours", algorithm) for algorithm in args.algorithms]
+        rows.append((space, "ours", "single"))
+        if have_xautodl:
+            rows += [(space, "xautodl", a) for a in XAUTODL_ALGORITHMS if a in args.algorithms]
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
 # Report
 
 
+def _ratio(a: float, b: float | None) -> str:
+    return "-" if b is None else (f"{a / b:.2f}" if b > 0 else "n/a")
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = f"{'space':<6} {'impl':<8} {'params':>10} {'ms/step':>9} {'min ms':>9} {'peak MB':>9} " \
-             f"{'time ratio':>10} {'mem ratio':>9}"
+    """Ratios: ours / xautodl for the same algorithm; every row / our DARTS step."""
+    header = (f"{'space':<6} {'impl':<8} {'algorithm':<9} {'params':>10} {'ms/step':>9} {'min ms':>9} "
+              f"{'peak MB':>8} | {'t/xautodl':>9} {'m/xautodl':>9} | {'t/DARTS':>7} {'m/DARTS':>7}")
     print(header)
     print("-" * len(header))
-    reference = {r["space"]: r for r in rows if r["impl"] == "xautodl"}
+    by_key = {(r["space"], r["impl"], r["algorithm"]): r for r in rows}
     for r in rows:
-        ref = reference.get(r["space"])
-        t_ratio = m_ratio = "-"
-        if ref is not None and r["impl"] == "ours":
-            t_ratio = f"{r['median_ms'] / ref['median_ms']:.2f}"
-            m_ratio = f"{r['peak_mb'] / ref['peak_mb']:.2f}" if ref["peak_mb"] > 0 else "n/a"
-        print(f"{r['space']:<6} {r['impl']:<8} {r['params']:>10,} {r['median_ms']:>9.1f} "
-              f"{r['min_ms']:>9.1f} {r['peak_mb']:>9.1f} {t_ratio:>10} {m_ratio:>9}")
+        xautodl = by_key.get((r["space"], "xautodl", r["algorithm"])) if r["impl"] == "ours" else None
+        darts = by_key.get((r["space"], "ours", "darts"))
+        print(f"{r['space']:<6} {r['impl']:<8} {r['algorithm']:<9} {r['params']:>10,} "
+              f"{r['median_ms']:>9.1f} {r['min_ms']:>9.1f} {r['peak_mb']:>8.1f} | "
+              f"{_ratio(r['median_ms'], xautodl and xautodl['median_ms']):>9} "
+              f"{_ratio(r['peak_mb'], xautodl and xautodl['peak_mb']):>9} | "
+              f"{_ratio(r['median_ms'], darts and darts['median_ms']):>7} "
+              f"{_ratio(r['peak_mb'], darts and darts['peak_mb']):>7}")
+    print()
+    for r in rows:
+        print(f"{r['space']}/{r['impl']}/{r['algorithm']}: {r['note']}")
 
 
 def print_param_differences(rows: list[dict[str, Any]]) -> None:
-    by_key = {(r["space"], r["impl"]): r for r in rows}
+    by_key = {(r["space"], r["impl"], r["algorithm"]): r for r in rows}
     for space in SPACES:
-        ours, theirs = by_key.get((space, "ours")), by_key.get((space, "xautodl"))
-        if not ours or not theirs:
-            continue
-        if ours["params"] == theirs["params"]:
-            print(f"{space}: same weight parameter count ({ours['params']:,}) on both sides")
-            continue
-        print(f"{space}: weight parameter counts differ: ours {ours['params']:,}, xautodl "
-              f"{theirs['params']:,} ({theirs['params'] - ours['params']:+,}); by kind:")
-        kinds = sorted(set(ours["breakdown"]) | set(theirs["breakdown"]))
-        for kind in kinds:
-            a, b = ours["breakdown"].get(kind, 0), theirs["breakdown"].get(kind, 0)
-            if a != b:
-                print(f"    {kind:<24} ours {a:>9,}  xautodl {b:>9,}  ({b - a:+,})")
+        for algorithm in XAUTODL_ALGORITHMS:
+            ours = by_key.get((space, "ours", algorithm))
+            theirs = by_key.get((space, "xautodl", algorithm))
+            if not ours or not theirs:
+                continue
+            if ours["params"] == theirs["params"]:
+                print(f"{space}/{algorithm}: same weight parameter count ({ours['params']:,}) on both sides")
+                continue
+            print(f"{space}/{algorithm}: weight parameter counts differ: ours {ours['params']:,}, "
+                  f"xautodl {theirs['params']:,} ({theirs['params'] - ours['params']:+,}); by kind:")
+            for kind in sorted(set(ours["breakdown"]) | set(theirs["breakdown"])):
+                a, b = ours["breakdown"].get(kind, 0), theirs["breakdown"].get(kind, 0)
+                if a != b:
+                    print(f"    {kind:<24} ours {a:>9,}  xautodl {b:>9,}  ({b - a:+,})")
 
 
-def profile(args: argparse.Namespace, space: str, impl: str) -> None:
+def profile(args: argparse.Namespace, space: str, impl: str, algorithm: str) -> None:
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    _, _, _, step = make_step(args, space, impl, device)
+    _, _, _, step, note = make_step(args, space, impl, algorithm, device)
     for _ in range(max(args.warmup, 1)):
         step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -280,7 +351,7 @@ def profile(args: argparse.Namespace, space: str, impl: str) -> None:
             step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-    print(f"\n== {impl} {space}: top 15 ops by self CPU time over {steps} steps "
+    print(f"\n== {impl} {algorithm} {space} ({note}): top 15 ops by self CPU time over {steps} steps "
           f"(batch {args.batch_size}, {torch.get_num_threads()} threads, {device}) ==")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
@@ -288,17 +359,20 @@ def profile(args: argparse.Namespace, space: str, impl: str) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--spaces", nargs="+", choices=SPACES, default=list(SPACES))
+    parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS),
+                        help="our algorithms to measure (xautodl rows: darts and gdas among them)")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: default)")
     parser.add_argument("--memory-format", choices=("channels_last", "contiguous"), default="channels_last",
                         help="layout of our supernet (SearchAlgorithm memory_format; auto = channels_last on CPU)")
     parser.add_argument("--profile", nargs="*", choices=IMPLEMENTATIONS, default=None,
-                        help="print the top 15 ops by self CPU time of the step instead of the "
-                             "table (default: ours; name 'xautodl' to profile it as well)")
-    parser.add_argument("--_worker", nargs=2, metavar=("SPACE", "IMPL"), help=argparse.SUPPRESS)
+                        help="print the top 15 ops by self CPU time of the step of each of "
+                             "--algorithms instead of the table (default: ours; name 'xautodl' "
+                             "to profile its models as well)")
+    parser.add_argument("--_worker", nargs=3, metavar=("SPACE", "IMPL", "ALGORITHM"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda requested but torch.cuda.is_available() is False")
@@ -319,9 +393,10 @@ def main(argv: list[str] | None = None) -> int:
                 if impl == "xautodl" and not have_xautodl:
                     print(XAUTODL_MISSING)
                     continue
-                profile(args, space, impl)
+                for algorithm in args.algorithms:
+                    if impl == "ours" or algorithm in XAUTODL_ALGORITHMS:
+                        profile(args, space, impl, algorithm)
         return 0
-    impls = ["ours"] + (["xautodl"] if have_xautodl else [])
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, device "
           f"{args.device}, threads {args.threads or torch.get_num_threads()}, batch "
           f"{args.batch_size}, warm-up {args.warmup}, median of {args.steps} steps, ours in "
@@ -332,7 +407,11 @@ def main(argv: list[str] | None = None) -> int:
                              "construction, one fresh process per row"))
     if not have_xautodl:
         print(XAUTODL_MISSING)
-    rows = [run_worker(args, space, impl) for space in args.spaces for impl in impls]
+    rows = []
+    for space, impl, algorithm in planned_rows(args, have_xautodl):
+        rows.append(run_worker(args, space, impl, algorithm))
+        r = rows[-1]
+        print(f"  {space}/{impl}/{algorithm}: {r['median_ms']:.1f} ms, {r['peak_mb']:.1f} MB", flush=True)
     print()
     print_table(rows)
     print()

@@ -61,9 +61,9 @@ def weighted_sum(weights: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor
             total = out * w if total is None else torch.addcmul(total, out, w)
     if total is None:
         raise ValueError("weighted_sum needs at least one computed candidate output")
-    for w, out in zip(weights, outputs):
-        if out is None:
-            total = total + w
+    uncomputed = [w for w, out in zip(weights, outputs) if out is None]
+    if uncomputed:  # summed as scalars first, then added in place: no extra full-size tensor
+        total = total.add_(torch.stack(uncomputed).sum())  # `total` is a fresh product/sum here
     return total
 
 
