@@ -1,9 +1,14 @@
-"""The ``oneshot`` command: ``search`` (LightningCLI under our own dispatcher) and ``info``.
+"""The ``oneshot`` command: ``search`` and ``retrain`` (LightningCLI under our own dispatcher)
+and ``info``.
 
 ``oneshot search`` with no arguments runs DARTS on NAS-Bench-201 over the embedded digits
 dataset, offline, in minutes on a CPU. ``--config experiments/<setting>.yaml`` reproduces a
 paper's search; dotted overrides (``--trainer.max_epochs 3``) and ``--print_config`` work as in
 LightningCLI. ``--ckpt_path RUN/checkpoints/last.ckpt`` resumes an interrupted search.
+
+``oneshot retrain --arch RUN/arch.json --config experiments/retrain_darts_cifar10.yaml`` trains
+that architecture from scratch (``--genotype DARTS_V2`` for a published one) and writes
+``result.json`` next to its best and last checkpoints.
 """
 from __future__ import annotations
 
@@ -15,6 +20,9 @@ import torch
 
 COMMANDS = {
     "search": "train a supernet and export its architecture (LightningCLI; --help for options)",
+    "retrain": "train one architecture from scratch (--arch FILE|STRING or --genotype NAME; "
+               "LightningCLI)",
+    "discretize": "write arch.json from a search run or checkpoint (--rule space|best_of_n)",
     "info": "index, parameters and FLOPs of an architecture, or the table of a whole space",
 }
 
@@ -77,6 +85,89 @@ def _search(argv: list[str]) -> None:
               f"wrote {path}")
 
 
+def _arch_shorthand(argv: list[str]) -> list[str]:
+    """``--arch X`` / ``--genotype NAME`` -> ``--model.arch X``, moved to the end of the command line
+    so that it wins over ``--config`` (later arguments override earlier ones in LightningCLI)."""
+    rest, chosen = [], {}
+    i = 0
+    while i < len(argv):
+        flag, _, inline = argv[i].partition("=")
+        if flag in ("--arch", "--genotype"):
+            if inline:
+                value = inline
+            elif i + 1 < len(argv):
+                value, i = argv[i + 1], i + 1
+            else:
+                raise UserError(f"{flag} needs a value")
+            chosen[flag] = value
+        else:
+            rest.append(argv[i])
+        i += 1
+    if len(chosen) > 1:
+        raise UserError("pass either --arch or --genotype, not both")
+    return rest + [item for value in chosen.values() for item in ("--model.arch", value)]
+
+
+def _retrain(argv: list[str]) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.cli import LightningCLI
+
+    from oneshot.data import ImageDataModule
+    from oneshot.retrain import RetrainModule, write_result
+
+    class RetrainCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument("--ckpt_path", type=Optional[str], default=None,
+                                help="resume from this checkpoint (RUN/checkpoints/last.ckpt)")
+            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            # last.ckpt, and best.ckpt by final-protocol test accuracy (the val loader is the test set)
+            parser.set_defaults({"checkpoint.save_last": True, "checkpoint.monitor": "test_acc",
+                                 "checkpoint.mode": "max", "checkpoint.save_top_k": 1,
+                                 "checkpoint.filename": "best",
+                                 "data": {"class_path": "oneshot.data.DigitsDataModule"}})
+            parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+            parser.link_arguments("data.in_channels", "model.in_channels", apply_on="instantiate")
+
+        def before_instantiate_classes(self) -> None:
+            # retraining uses the whole train set and validates on the test set: never bilevel
+            self.config.data.init_args.bilevel = False
+
+    cli = RetrainCLI(
+        RetrainModule, ImageDataModule, subclass_mode_model=False, subclass_mode_data=True,
+        run=False, args=_arch_shorthand(argv), seed_everything_default=0,  # DARTS train.py --seed 0
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": "oneshot retrain",
+                       "description": COMMANDS["retrain"] + ". --arch X and --genotype NAME are "
+                       "shorthands for --model.arch X and override the config."},
+        trainer_defaults={
+            "max_epochs": 15, "num_sanity_val_steps": 0, "log_every_n_steps": 10,
+            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                       "init_args": {"save_dir": "runs", "name": "retrain"}},
+        },
+    )
+    ckpt_path = cli.config.get("ckpt_path")
+    if ckpt_path and not os.path.isfile(ckpt_path):
+        raise UserError(f"--ckpt_path {ckpt_path}: no such file; pass RUN/checkpoints/last.ckpt of a retrain run")
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    run_directory = cli.trainer.log_dir  # a collective under DDP: every rank asks
+    if cli.trainer.is_global_zero and not cli.trainer.interrupted and run_directory is not None:
+        record = cli.model.result(seed=cli.config.get("seed_everything"))
+        path = write_result(record, run_directory)
+        print(f"architecture: {record['arch']}\ntest accuracy: {record['test_acc']:.2f}% "
+              f"(best {record['best_test_acc']:.2f}%), params {record['params']:,}\n"
+              f"run directory: {run_directory}\nwrote {path}")
+
+
+def _discretize(argv: list[str]) -> None:
+    from oneshot.discretize import main as discretize_main
+
+    discretize_main(argv)
+
+
 def _info(argv: list[str]) -> None:
     import argparse
 
@@ -118,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = argv[0], argv[1:]
     try:
-        {"search": _search, "info": _info}[command](rest)
+        {"search": _search, "retrain": _retrain, "discretize": _discretize, "info": _info}[command](rest)
     except (UserError, FileNotFoundError, KeyError, IndexError, ValueError) as error:
         if os.environ.get("ONESHOT_DEBUG"):
             raise

@@ -50,6 +50,37 @@ class TransformedView(Dataset):
         return (self.transform(image) if self.transform is not None else image), int(label)
 
 
+class Cutout:
+    """Zeroes one ``length`` x ``length`` square of a (C, H, W) tensor at a uniformly random centre.
+
+    DARTS ``cnn/utils.py`` ``Cutout`` (DeVries & Taylor 2017): the centre is drawn over the whole
+    image and the square is clipped at the borders, so near an edge fewer pixels are masked. It
+    runs after ``Normalize`` as in DARTS' ``_data_transforms_cifar10``, so masked pixels are exactly
+    0 in the normalised tensor (the dataset mean), not black. Draws use torch's RNG, which
+    Lightning seeds per data-loader worker.
+    """
+
+    def __init__(self, length: int) -> None:
+        if length <= 0:
+            raise ValueError(f"cutout length={length}; it must be a positive number of pixels")
+        self.length = length
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if not isinstance(image, torch.Tensor) or image.dim() != 3:
+            raise TypeError("Cutout expects a (C, H, W) tensor: put it after ToTensor/Normalize")
+        h, w = image.shape[-2:]
+        y, x = int(torch.randint(h, ())), int(torch.randint(w, ()))
+        half = self.length // 2
+        y1, y2 = max(y - half, 0), min(y + half, h)  # np.clip(y -/+ length // 2, 0, h)
+        x1, x2 = max(x - half, 0), min(x + half, w)
+        image = image.clone()
+        image[:, y1:y2, x1:x2] = 0.0
+        return image
+
+    def __repr__(self) -> str:
+        return f"Cutout(length={self.length})"
+
+
 class TensorImageDataset(Dataset):
     """In-memory (N, C, H, W) float images; the transform works on tensors (fast, no PIL)."""
 
@@ -140,6 +171,8 @@ class ImageDataModule(lightning.LightningDataModule):
             False for retraining (whole train set, test set as validation).
         download: let torchvision download the data where it can.
         seed: seeds the digits test hold-out and any pre-split permutation.
+        cutout: side in pixels of the :class:`Cutout` square appended to the train transform,
+            after normalisation (DARTS evaluation ``--cutout_length 16``); 0 turns it off.
     """
 
     num_classes: int
@@ -151,7 +184,7 @@ class ImageDataModule(lightning.LightningDataModule):
 
     def __init__(self, root: str = "data", batch_size: int = 64, eval_batch_size: int | None = None,
                  num_workers: int = 0, train_portion: float = 0.5, split_file: str | None = None,
-                 bilevel: bool = True, download: bool = False, seed: int = 0) -> None:
+                 bilevel: bool = True, download: bool = False, seed: int = 0, cutout: int = 0) -> None:
         super().__init__()
         if not 0.0 < train_portion < 1.0:
             raise ValueError(f"train_portion={train_portion} is invalid: "
@@ -160,6 +193,9 @@ class ImageDataModule(lightning.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers, self.train_portion, self.split_file = num_workers, train_portion, split_file
         self.bilevel, self.download, self.seed = bilevel, download, seed
+        if cutout < 0:
+            raise ValueError(f"cutout={cutout}; pass 0 (off) or the side of the square in pixels")
+        self.cutout = cutout  # DARTS train.py --cutout --cutout_length 16; 0 = off
         self.train_set: Dataset | None = None  # whole train set, train transform
 
     # -- subclass hooks ---------------------------------------------------------------------
@@ -177,6 +213,12 @@ class ImageDataModule(lightning.LightningDataModule):
 
     def eval_transform(self) -> Transform:
         raise NotImplementedError
+
+    def train_transform_with_cutout(self) -> Transform:
+        """:meth:`train_transform`, followed by :class:`Cutout` when ``cutout`` > 0: every train
+        transform ends with ``Normalize``, so the square is cut after normalisation (DARTS)."""
+        transform = self.train_transform()
+        return T.Compose([transform, Cutout(self.cutout)]) if self.cutout else transform
 
     def required_paths(self) -> list[Path]:
         """Files or folders that must exist under ``root``; empty for embedded data."""
@@ -214,7 +256,7 @@ class ImageDataModule(lightning.LightningDataModule):
             return
         self.check_data()
         raw_train, raw_test = self.build_train_set(None), self.build_test_set(None)
-        train_tf, eval_tf = self.train_transform(), self.eval_transform()
+        train_tf, eval_tf = self.train_transform_with_cutout(), self.eval_transform()
         self.train_set = TransformedView(raw_train, train_tf)
         self.test_set: Dataset = TransformedView(raw_test, eval_tf)
         weight_idx, arch_source, arch_idx, test_idx = self._split(len(raw_train), len(raw_test))
@@ -357,9 +399,9 @@ class CIFAR10DataModule(ImageDataModule):
     def __init__(self, root: str = "data", batch_size: int = 64, eval_batch_size: int | None = None,
                  num_workers: int = 0, train_portion: float = 0.5, split_file: str | None = None,
                  bilevel: bool = True, download: bool = False, seed: int = 0,
-                 normalization: str = "darts") -> None:
+                 normalization: str = "darts", cutout: int = 0) -> None:
         super().__init__(root, batch_size, eval_batch_size, num_workers, train_portion, split_file,
-                         bilevel, download, seed)
+                         bilevel, download, seed, cutout)
         if normalization not in self.stats:
             raise ValueError(f"normalization={normalization!r}; choose one of {sorted(self.stats)}")
         self.normalization = normalization
@@ -388,9 +430,9 @@ class CIFAR100DataModule(CIFAR10DataModule):
 
     def __init__(self, root: str = "data", batch_size: int = 64, eval_batch_size: int | None = None,
                  num_workers: int = 0, train_portion: float = 0.5, split_file: str | None = None,
-                 bilevel: bool = True, download: bool = False, seed: int = 0) -> None:
+                 bilevel: bool = True, download: bool = False, seed: int = 0, cutout: int = 0) -> None:
         super().__init__(root, batch_size, eval_batch_size, num_workers, train_portion, split_file,
-                         bilevel, download, seed, normalization="nb201")
+                         bilevel, download, seed, normalization="nb201", cutout=cutout)
 
 
 class SVHNDataModule(ImageDataModule):

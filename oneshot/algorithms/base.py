@@ -399,7 +399,8 @@ class SearchAlgorithm(L.LightningModule):
         if states:  # continue the random stream exactly where the run stopped
             random.setstate(states["python"])
             name, keys, position, has_gauss, cached = states["numpy"]
-            np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+            keys = keys.numpy() if torch.is_tensor(keys) else np.asarray(keys)  # older runs: ndarray
+            np.random.set_state((name, keys.astype(np.uint32), position, has_gauss, cached))
             torch.set_rng_state(states["torch"])
 
     def on_train_end(self) -> None:

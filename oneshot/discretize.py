@@ -1,0 +1,215 @@
+"""``oneshot discretize``: turn a trained supernet checkpoint into one architecture.
+
+Architecture selection is a separate step from the search (Wang et al., "Rethinking
+Architecture Selection in Differentiable NAS", ICLR 2021, argue that the rule matters as much as
+the search), so a finished ``oneshot search`` run can be discretized again with another rule
+without retraining:
+
+* ``space``: the algorithm's own ``export()``: the space's rule on its architecture
+  distribution (DARTS top-2 per node, NAS-Bench-201 argmax per edge, PC-DARTS on the
+  edge-normalized weights), or the stored best-of-N selection of RSPS;
+* ``best_of_n``: NAS-Bench-201's selection for weight-sharing baselines (Dong & Yang, ICLR 2020,
+  D-X-Y/AutoDL-Projects ``exps/NAS-Bench-201-algos/RANDOM-NAS.py`` ``search_find_best``):
+  score ``--samples`` uniform architectures with the inherited weights on ``--batches``
+  validation batches and keep the most accurate (:func:`oneshot.selection.best_of_n`).
+
+The perturbation-based selection of DARTS-PT (ruocwang/darts-pt) is not implemented.
+
+The result is written as JSON with the keys of the search's ``arch.json`` (``space``, ``arch``,
+``choices``), so ``SearchSpace.load`` and ``oneshot info --arch`` read it.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from supernets import Arch
+
+RULES = ("space", "best_of_n")
+
+
+def resolve_checkpoint(run_or_ckpt: str) -> Path:
+    """The checkpoint of a run directory (``RUN/checkpoints/last.ckpt``) or the file itself."""
+    path = Path(run_or_ckpt)
+    if path.is_dir():
+        ckpt = path / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"{ckpt}: no such file; {path} is not a run directory of "
+                                    "`oneshot search` (expected RUN/checkpoints/last.ckpt)")
+        return ckpt
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file or directory; pass a run directory of "
+                                "`oneshot search` or its RUN/checkpoints/last.ckpt")
+    return path
+
+
+def run_directory(ckpt: Path) -> Path:
+    """The run directory a checkpoint belongs to: the parent of ``checkpoints/``, else its folder."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def load_algorithm(ckpt: Path):
+    """The search algorithm of a checkpoint written by ``oneshot search``, on the CPU.
+
+    The class comes from the checkpoint's identity (``checkpoint["oneshot"]["algorithm"]``); the
+    process-wide random states, which loading restores to the run's, are kept as they were.
+
+    Raises:
+        ValueError: the file is not a checkpoint, or not one of ``oneshot search``.
+    """
+    from oneshot.algorithms import ALGORITHMS
+
+    try:
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    except Exception as error:  # pickle, zip and torch errors alike: it is not a checkpoint
+        raise ValueError(f"{ckpt}: not a PyTorch checkpoint ({type(error).__name__}: {error})") from None
+    identity = checkpoint.get("oneshot") if isinstance(checkpoint, dict) else None
+    if not isinstance(identity, dict) or "algorithm" not in identity:
+        raise ValueError(f"{ckpt}: not written by `oneshot search` (no 'oneshot' entry); pass a "
+                         "RUN/checkpoints/last.ckpt from a search run")
+    classes = {cls.__name__: cls for cls in ALGORITHMS.values()}
+    name = identity["algorithm"]
+    if name not in classes:
+        raise ValueError(f"{ckpt}: algorithm {name!r} is unknown; accepted: {', '.join(classes)}")
+    del checkpoint
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        model = classes[name].load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=False)
+    finally:  # on_load_checkpoint resumes the run's random streams; this command should not
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+    return model
+
+
+def build_datamodule(run: Path, data: str | None, data_root: str | None):
+    """The validation data to score on: ``--data NAME``, else the run's ``config.yaml``, else digits.
+
+    Returns:
+        The data module, set up for fitting, and a short description of where it came from.
+    """
+    from oneshot.data import DATAMODULES
+
+    config = run / "config.yaml"
+    if data is None and config.is_file():
+        with open(config) as f:
+            section = (yaml.safe_load(f) or {}).get("data") or {}
+        class_path = section.get("class_path")
+        if not class_path:
+            raise ValueError(f"{config}: no data.class_path; pass --data {{{','.join(DATAMODULES)}}}")
+        module_name, _, class_name = class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        init_args = dict(section.get("init_args") or {})
+        if data_root is not None:
+            init_args["root"] = data_root
+        source = f"{class_path} from {config}"
+    else:
+        name = data or "digits"
+        if name not in DATAMODULES:
+            raise ValueError(f"--data {name!r}: unknown data set; accepted: {', '.join(DATAMODULES)}")
+        cls = DATAMODULES[name]
+        init_args = {} if data_root is None else {"root": data_root}
+        source = name
+    datamodule = cls(**init_args)
+    datamodule.setup("fit")
+    return datamodule, source
+
+
+def discretize(model, rule: str = "space", datamodule=None, num_samples: int = 100,
+               num_batches: int = 1, seed: int = 0) -> tuple[Arch, Any, dict[str, Any]]:
+    """The architecture ``rule`` chooses, the scores it chose by, and the rule's settings.
+
+    Args:
+        model: a loaded search algorithm.
+        rule: ``space`` (the algorithm's ``export()``) or ``best_of_n``.
+        datamodule: validation data for ``best_of_n`` (``val_dataloader()``).
+        num_samples: uniform architectures scored by ``best_of_n`` (NB201 ``--select_num 100``).
+        num_batches: validation batches each is scored on (``search_find_best``: one).
+        seed: seed of the uniform samples; the same seed gives the same candidates.
+
+    Returns:
+        The arch; the scores: for ``space`` the per-edge weights ``arch_weights()`` it was read
+        from, for ``best_of_n`` the (arch string, accuracy, loss) of every candidate in scoring
+        order; the settings of ``best_of_n`` (empty for ``space``).
+    """
+    from oneshot.selection import best_of_n
+
+    if rule == "space":
+        try:
+            arch = model.export()
+        except RuntimeError as error:  # RSPS before its selection: nothing to export
+            raise ValueError(f"{error}; use --rule best_of_n") from None
+        weights = {k: [round(float(p), 6) for p in w.detach().cpu()] for k, w in model.arch_weights().items()}
+        return arch, weights, {}
+    if rule == "best_of_n":
+        if datamodule is None:
+            raise ValueError("--rule best_of_n scores on validation data: give a data module")
+        if (datamodule.num_classes, datamodule.in_channels) != (model.hparams.num_classes,
+                                                                model.hparams.in_channels):
+            raise ValueError(f"the data ({datamodule.num_classes} classes, {datamodule.in_channels} "
+                             f"channels) do not match the supernet ({model.hparams.num_classes} classes, "
+                             f"{model.hparams.in_channels} channels): pass the search's --data")
+        arch, scores = best_of_n(model, datamodule.val_dataloader(), num_samples, num_batches,
+                                 rng=random.Random(seed))
+        return (arch, [[text, float(acc), float(loss)] for text, acc, loss in scores],
+                {"num_samples": len(scores), "num_batches": num_batches, "seed": seed})
+    raise ValueError(f"--rule {rule!r}: accepted: {', '.join(RULES)}")
+
+
+def write_record(path: Path, model, arch: Arch, rule: str, source: Path, scores: Any,
+                 settings: dict[str, Any]) -> None:
+    """Write the arch JSON with the search's ``arch.json`` keys plus how it was chosen."""
+    record = {"space": arch.space, "arch": model.space.format(arch), "choices": arch.to_json()["choices"],
+              "rule": rule, "source": str(source), "algorithm": type(model).__name__, "scores": scores}
+    if settings:
+        record["settings"] = settings
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(tmp, path)  # never leave a half-written file behind
+
+
+def main(argv: list[str]) -> None:
+    """``oneshot discretize RUN_OR_CKPT [--rule ...] [--out PATH] [--samples N] [--batches B]``."""
+    parser = argparse.ArgumentParser(
+        prog="oneshot discretize",
+        description="choose one architecture from a trained supernet (a run of `oneshot search`)")
+    parser.add_argument("run_or_ckpt", metavar="RUN_OR_CKPT",
+                        help="run directory (uses RUN/checkpoints/last.ckpt) or a .ckpt file")
+    parser.add_argument("--rule", choices=RULES, default="space",
+                        help="space: the algorithm's own export; best_of_n: best of --samples uniform "
+                             "architectures by validation accuracy with inherited weights")
+    parser.add_argument("--out", help="output JSON (default: RUN/arch_<rule>.json)")
+    parser.add_argument("--samples", type=int, default=100,
+                        help="best_of_n: architectures to score (NB201 RANDOM-NAS --select_num 100)")
+    parser.add_argument("--batches", type=int, default=1,
+                        help="best_of_n: validation batches per architecture (NB201: 1)")
+    parser.add_argument("--seed", type=int, default=0, help="best_of_n: seed of the uniform samples")
+    parser.add_argument("--data", default=None,
+                        help="best_of_n: data module name (default: the run's config.yaml, else digits)")
+    parser.add_argument("--data-root", default=None, help="best_of_n: folder of the data set")
+    args = parser.parse_args(argv)
+    if args.samples < 1 or args.batches < 1:
+        raise ValueError(f"--samples {args.samples} --batches {args.batches}: both must be at least 1")
+    ckpt = resolve_checkpoint(args.run_or_ckpt)
+    run = run_directory(ckpt)
+    model = load_algorithm(ckpt)
+    datamodule, data_source = None, None
+    if args.rule == "best_of_n":
+        datamodule, data_source = build_datamodule(run, args.data, args.data_root)
+    arch, scores, settings = discretize(model, args.rule, datamodule, args.samples, args.batches, args.seed)
+    if data_source is not None:
+        settings["data"] = data_source
+    out = Path(args.out) if args.out else run / f"arch_{args.rule}.json"
+    write_record(out, model, arch, args.rule, ckpt, scores, settings)
+    print(f"architecture: {model.space.format(arch)}\nrule: {args.rule}\nwrote {out}")
