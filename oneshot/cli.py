@@ -31,13 +31,36 @@ class UserError(Exception):
     """A mistake in the input that the message explains; printed without a traceback."""
 
 
-def _search(argv: list[str]) -> None:
+def _quiet_lightning() -> None:
+    """Lightning's own noise: we pass argv on purpose; its pytree shim warns on every epoch."""
     import warnings
 
-    # Lightning's own noise: we pass argv on purpose; its pytree shim warns on every epoch
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+
+
+def _add_run_arguments(parser, defaults: dict, model_prefix: str) -> None:
+    """What every training command shares: --ckpt_path, a forced ModelCheckpoint, and the
+    data module's num_classes / in_channels linked into the model."""
     from lightning.pytorch.callbacks import ModelCheckpoint
+
+    parser.add_argument("--ckpt_path", type=Optional[str], default=None,
+                        help="resume from this checkpoint (RUN/checkpoints/last.ckpt)")
+    parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+    parser.set_defaults({"checkpoint.save_last": True,
+                         "data": {"class_path": "oneshot.data.DigitsDataModule"}, **defaults})
+    parser.link_arguments("data.num_classes", f"{model_prefix}.num_classes", apply_on="instantiate")
+    parser.link_arguments("data.in_channels", f"{model_prefix}.in_channels", apply_on="instantiate")
+
+
+def _trainer_defaults(name: str) -> dict:
+    return {"max_epochs": 15, "num_sanity_val_steps": 0, "log_every_n_steps": 10,
+            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                       "init_args": {"save_dir": "runs", "name": name}}}
+
+
+def _search(argv: list[str]) -> None:
+    _quiet_lightning()
     from lightning.pytorch.cli import LightningCLI
 
     from oneshot.algorithms import SearchAlgorithm
@@ -46,25 +69,15 @@ def _search(argv: list[str]) -> None:
 
     class SearchCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
-            parser.add_argument("--ckpt_path", type=Optional[str], default=None,
-                                help="resume from this checkpoint (RUN/checkpoints/last.ckpt)")
-            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-            parser.set_defaults({"checkpoint.save_last": True,
-                                 "model": {"class_path": "oneshot.algorithms.DartsSearch"},
-                                 "data": {"class_path": "oneshot.data.DigitsDataModule"}})
-            parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
-            parser.link_arguments("data.in_channels", "model.init_args.in_channels", apply_on="instantiate")
+            _add_run_arguments(parser, {"model": {"class_path": "oneshot.algorithms.DartsSearch"}},
+                               "model.init_args")
 
     cli = SearchCLI(
         SearchAlgorithm, ImageDataModule, subclass_mode_model=True, subclass_mode_data=True,
         run=False, args=argv, seed_everything_default=2,  # DARTS train_search.py --seed 2
         auto_configure_optimizers=False,  # both optimizers are the algorithm's own
         save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "oneshot search"},
-        trainer_defaults={
-            "max_epochs": 15, "num_sanity_val_steps": 0, "log_every_n_steps": 10,
-            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                       "init_args": {"save_dir": "runs", "name": "search"}},
-        },
+        trainer_defaults=_trainer_defaults("search"),
     )
     ckpt_path = cli.config.get("ckpt_path")
     if ckpt_path:
@@ -109,11 +122,7 @@ def _arch_shorthand(argv: list[str]) -> list[str]:
 
 
 def _retrain(argv: list[str]) -> None:
-    import warnings
-
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    _quiet_lightning()
     from lightning.pytorch.cli import LightningCLI
 
     from oneshot.data import ImageDataModule
@@ -121,16 +130,10 @@ def _retrain(argv: list[str]) -> None:
 
     class RetrainCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
-            parser.add_argument("--ckpt_path", type=Optional[str], default=None,
-                                help="resume from this checkpoint (RUN/checkpoints/last.ckpt)")
-            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
             # last.ckpt, and best.ckpt by final-protocol test accuracy (the val loader is the test set)
-            parser.set_defaults({"checkpoint.save_last": True, "checkpoint.monitor": "test_acc",
-                                 "checkpoint.mode": "max", "checkpoint.save_top_k": 1,
-                                 "checkpoint.filename": "best",
-                                 "data": {"class_path": "oneshot.data.DigitsDataModule"}})
-            parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-            parser.link_arguments("data.in_channels", "model.in_channels", apply_on="instantiate")
+            _add_run_arguments(parser, {"checkpoint.monitor": "test_acc", "checkpoint.mode": "max",
+                                        "checkpoint.save_top_k": 1, "checkpoint.filename": "best"},
+                               "model")
 
         def before_instantiate_classes(self) -> None:
             # retraining uses the whole train set and validates on the test set: never bilevel
@@ -143,11 +146,7 @@ def _retrain(argv: list[str]) -> None:
         parser_kwargs={"prog": "oneshot retrain",
                        "description": COMMANDS["retrain"] + ". --arch X and --genotype NAME are "
                        "shorthands for --model.arch X and override the config."},
-        trainer_defaults={
-            "max_epochs": 15, "num_sanity_val_steps": 0, "log_every_n_steps": 10,
-            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                       "init_args": {"save_dir": "runs", "name": "retrain"}},
-        },
+        trainer_defaults=_trainer_defaults("retrain"),
     )
     ckpt_path = cli.config.get("ckpt_path")
     if ckpt_path and not os.path.isfile(ckpt_path):
