@@ -23,6 +23,8 @@ COMMANDS = {
     "retrain": "train one architecture from scratch (--arch FILE|STRING or --genotype NAME; "
                "LightningCLI)",
     "discretize": "write arch.json from a search run or checkpoint (--rule space|best_of_n)",
+    "pipeline": "search, discretize and retrain in one run directory; resumes where it stopped "
+                "(--retrain CONFIG, --run-dir DIR)",
     "info": "index, parameters and FLOPs of an architecture, or the table of a whole space",
 }
 
@@ -167,6 +169,12 @@ def _discretize(argv: list[str]) -> None:
     discretize_main(argv)
 
 
+def _pipeline(argv: list[str]) -> None:
+    from oneshot.pipeline import main as pipeline_main
+
+    pipeline_main(argv)
+
+
 def _info(argv: list[str]) -> None:
     import argparse
 
@@ -208,7 +216,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = argv[0], argv[1:]
     try:
-        {"search": _search, "retrain": _retrain, "discretize": _discretize, "info": _info}[command](rest)
+        {"search": _search, "retrain": _retrain, "discretize": _discretize,
+         "pipeline": _pipeline, "info": _info}[command](rest)
     except (UserError, FileNotFoundError, KeyError, IndexError, ValueError) as error:
         if os.environ.get("ONESHOT_DEBUG"):
             raise

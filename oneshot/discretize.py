@@ -13,7 +13,10 @@ without retraining:
   score ``--samples`` uniform architectures with the inherited weights on ``--batches``
   validation batches and keep the most accurate (:func:`oneshot.selection.best_of_n`).
 
-The perturbation-based selection of DARTS-PT (ruocwang/darts-pt) is not implemented.
+* ``perturbation``: DARTS-PT (Wang et al., ICLR 2021, ruocwang/darts-pt): per edge in random
+  order, keep the op whose removal from the dense weights hurts validation accuracy most, then
+  fix it; in the DARTS space also the two inputs per node by removal
+  (:func:`oneshot.perturbation.perturbation_select`; ``--tune-steps`` weight steps between rounds).
 
 The result is written as JSON with the keys of the search's ``arch.json`` (``space``, ``arch``,
 ``choices``), so ``SearchSpace.load`` and ``oneshot info --arch`` read it.
@@ -34,7 +37,7 @@ import yaml
 
 from supernets import Arch
 
-RULES = ("space", "best_of_n")
+RULES = ("space", "best_of_n", "perturbation")
 
 
 def resolve_checkpoint(run_or_ckpt: str) -> Path:
@@ -125,21 +128,24 @@ def build_datamodule(run: Path, data: str | None, data_root: str | None):
 
 
 def discretize(model, rule: str = "space", datamodule=None, num_samples: int = 100,
-               num_batches: int = 1, seed: int = 0) -> tuple[Arch, Any, dict[str, Any]]:
+               num_batches: int = 1, seed: int = 0, tune_steps: int = 0) -> tuple[Arch, Any, dict[str, Any]]:
     """The architecture ``rule`` chooses, the scores it chose by, and the rule's settings.
 
     Args:
         model: a loaded search algorithm.
-        rule: ``space`` (the algorithm's ``export()``) or ``best_of_n``.
-        datamodule: validation data for ``best_of_n`` (``val_dataloader()``).
+        rule: ``space`` (the algorithm's ``export()``), ``best_of_n`` or ``perturbation``.
+        datamodule: validation data for ``best_of_n`` and ``perturbation`` (``val_dataloader()``;
+            ``train_dataloader()`` for the tuning of ``perturbation``).
         num_samples: uniform architectures scored by ``best_of_n`` (NB201 ``--select_num 100``).
         num_batches: validation batches each is scored on (``search_find_best``: one).
-        seed: seed of the uniform samples; the same seed gives the same candidates.
+        seed: seed of the uniform samples (``perturbation``: of the edge order).
+        tune_steps: ``perturbation``: weight SGD steps between rounds (0: none).
 
     Returns:
         The arch; the scores: for ``space`` the per-edge weights ``arch_weights()`` it was read
         from, for ``best_of_n`` the (arch string, accuracy, loss) of every candidate in scoring
-        order; the settings of ``best_of_n`` (empty for ``space``).
+        order, for ``perturbation`` the accuracy with each op (and input) removed per edge
+        (:func:`oneshot.perturbation.perturbation_select`); the settings (empty for ``space``).
     """
     from oneshot.selection import best_of_n
 
@@ -150,14 +156,26 @@ def discretize(model, rule: str = "space", datamodule=None, num_samples: int = 1
             raise ValueError(f"{error}; use --rule best_of_n") from None
         weights = {k: [round(float(p), 6) for p in w.detach().cpu()] for k, w in model.arch_weights().items()}
         return arch, weights, {}
-    if rule == "best_of_n":
+    if rule in ("best_of_n", "perturbation"):
         if datamodule is None:
-            raise ValueError("--rule best_of_n scores on validation data: give a data module")
+            raise ValueError(f"--rule {rule} scores on validation data: give a data module")
         if (datamodule.num_classes, datamodule.in_channels) != (model.hparams.num_classes,
                                                                 model.hparams.in_channels):
             raise ValueError(f"the data ({datamodule.num_classes} classes, {datamodule.in_channels} "
                              f"channels) do not match the supernet ({model.hparams.num_classes} classes, "
                              f"{model.hparams.in_channels} channels): pass the search's --data")
+    if rule == "perturbation":
+        from oneshot.perturbation import perturbation_select
+
+        if not model.differentiable:
+            raise ValueError(f"--rule perturbation needs architecture weights; {type(model).__name__} "
+                             "has none: use --rule best_of_n")
+        arch, scores = perturbation_select(
+            model, datamodule.val_dataloader(),
+            train_loader=datamodule.train_dataloader() if tune_steps else None,
+            tune_steps=tune_steps, rng=random.Random(seed), num_batches=num_batches)
+        return arch, scores, {"num_batches": num_batches, "seed": seed, "tune_steps": tune_steps}
+    if rule == "best_of_n":
         arch, scores = best_of_n(model, datamodule.val_dataloader(), num_samples, num_batches,
                                  rng=random.Random(seed))
         return (arch, [[text, float(acc), float(loss)] for text, acc, loss in scores],
@@ -188,26 +206,35 @@ def main(argv: list[str]) -> None:
                         help="run directory (uses RUN/checkpoints/last.ckpt) or a .ckpt file")
     parser.add_argument("--rule", choices=RULES, default="space",
                         help="space: the algorithm's own export; best_of_n: best of --samples uniform "
-                             "architectures by validation accuracy with inherited weights")
+                             "architectures by validation accuracy with inherited weights; perturbation: "
+                             "DARTS-PT, per edge the op whose removal hurts validation accuracy most")
     parser.add_argument("--out", help="output JSON (default: RUN/arch_<rule>.json)")
     parser.add_argument("--samples", type=int, default=100,
                         help="best_of_n: architectures to score (NB201 RANDOM-NAS --select_num 100)")
     parser.add_argument("--batches", type=int, default=1,
-                        help="best_of_n: validation batches per architecture (NB201: 1)")
-    parser.add_argument("--seed", type=int, default=0, help="best_of_n: seed of the uniform samples")
+                        help="best_of_n: validation batches per architecture (NB201: 1); "
+                             "perturbation: validation batches per measurement")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="best_of_n: seed of the uniform samples; perturbation: of the edge order")
+    parser.add_argument("--tune-steps", type=int, default=0,
+                        help="perturbation: weight SGD steps (lr/10) between decisions; 0: none "
+                             "(DARTS-PT tunes --proj_intv 5 epochs)")
     parser.add_argument("--data", default=None,
-                        help="best_of_n: data module name (default: the run's config.yaml, else digits)")
-    parser.add_argument("--data-root", default=None, help="best_of_n: folder of the data set")
+                        help="best_of_n, perturbation: data module name (default: the run's config.yaml, else digits)")
+    parser.add_argument("--data-root", default=None, help="best_of_n, perturbation: folder of the data set")
     args = parser.parse_args(argv)
     if args.samples < 1 or args.batches < 1:
         raise ValueError(f"--samples {args.samples} --batches {args.batches}: both must be at least 1")
+    if args.tune_steps < 0:
+        raise ValueError(f"--tune-steps {args.tune_steps}: must be at least 0")
     ckpt = resolve_checkpoint(args.run_or_ckpt)
     run = run_directory(ckpt)
     model = load_algorithm(ckpt)
     datamodule, data_source = None, None
-    if args.rule == "best_of_n":
+    if args.rule in ("best_of_n", "perturbation"):
         datamodule, data_source = build_datamodule(run, args.data, args.data_root)
-    arch, scores, settings = discretize(model, args.rule, datamodule, args.samples, args.batches, args.seed)
+    arch, scores, settings = discretize(model, args.rule, datamodule, args.samples, args.batches, args.seed,
+                                       args.tune_steps)
     if data_source is not None:
         settings["data"] = data_source
     out = Path(args.out) if args.out else run / f"arch_{args.rule}.json"

@@ -1,0 +1,136 @@
+"""DARTS-PT perturbation selection: the op whose removal hurts most is kept, the masking follows the
+reference (no renormalization, decided edges one-hot), DARTS nodes keep the two inputs whose removal
+hurts most, runs are deterministic per seed, and `oneshot discretize --rule perturbation` writes a
+loadable architecture."""
+import json
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+import supernets
+import oneshot.perturbation as perturbation
+from oneshot.algorithms import DartsSearch
+from oneshot.data import DigitsDataModule
+from oneshot.discretize import main
+from oneshot.perturbation import perturbation_select
+
+TINY = {"space": "nb201", "space_options": {"C": 4, "N": 1}, "num_classes": 10, "in_channels": 1}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = DigitsDataModule(batch_size=16)
+    data.setup("fit")
+    return data
+
+
+@pytest.fixture()
+def tiny():
+    torch.manual_seed(0)
+    return DartsSearch(**TINY)
+
+
+def test_chosen_op_is_the_argmin_of_the_recorded_masked_accuracies(tiny, digits):
+    arch, scores = perturbation_select(tiny, digits.val_dataloader(), train_loader=digits.train_dataloader(),
+                                       tune_steps=1, rng=0, num_batches=1)
+    assert sorted(scores["edge_order"]) == sorted(tiny.alphas)  # every NB201 edge decided once
+    assert len(scores["base_accuracy"]) == 6
+    for label, accuracies in scores["ops"].items():
+        assert len(accuracies) == 5 and all(0.0 <= a <= 1.0 for a in accuracies)
+        assert arch[label] == min(range(5), key=lambda i: (accuracies[i], i))  # first on ties
+
+
+def _scripted_scorer(wanted, calls):
+    """A scorer whose accuracy falls only when a wanted op loses its weight; records its inputs."""
+    def scorer(model, weights, batches):
+        calls.append({k: w.clone() for k, w in weights.items()})
+        lost = sum(1 for label, op in wanted.items() if float(weights[label][op]) == 0.0)
+        return 0.9 - 0.1 * lost
+    return scorer
+
+
+def test_scripted_scores_give_the_known_answer_and_masking_follows_the_reference(tiny, monkeypatch):
+    wanted = {"1<-0": 3, "2<-0": 1, "2<-1": 0, "3<-0": 4, "3<-1": 2, "3<-2": 3}
+    calls = []
+    monkeypatch.setattr(perturbation, "masked_accuracy", _scripted_scorer(wanted, calls))
+    start = {k: w.detach().clone() for k, w in tiny.arch_weights().items()}
+    arch, scores = perturbation_select(tiny, [(torch.zeros(1), torch.zeros(1))], rng=3)
+    assert dict(arch) == wanted
+    assert len(calls) == 6 * (1 + 5)  # per round: the base accuracy, then one per op
+    one_hot = torch.nn.functional.one_hot
+    for i, weights in enumerate(calls):
+        round_index, position = divmod(i, 6)
+        decided = scores["edge_order"][:round_index]
+        for label in decided:  # a decided edge is the one-hot of its op from then on
+            assert torch.equal(weights[label], one_hot(torch.tensor(wanted[label]), 5).to(weights[label]))
+        differing = [k for k in weights if k not in decided and not torch.equal(weights[k], start[k])]
+        if position == 0:  # the unperturbed accuracy opening the round
+            assert differing == []
+            continue
+        label = scores["edge_order"][round_index]
+        assert differing == [label]  # only the edge of this round
+        changed = (weights[label] != start[label]).nonzero().flatten().tolist()
+        assert changed == [position - 1] and float(weights[label][position - 1]) == 0.0  # no renormalization
+
+
+def test_darts_space_keeps_the_two_inputs_whose_removal_hurts_most(monkeypatch):
+    torch.manual_seed(0)
+    model = DartsSearch(space="darts", space_options={"C": 4, "layers": 3}, num_classes=10, in_channels=1)
+    space = model.space
+    wanted_ops = {label: 1 + (i % 7) for i, label in enumerate(model.alphas)}  # never `none` (0)
+    wanted_inputs = {"normal/2": (0, 1), "normal/3": (0, 2), "normal/4": (1, 3), "normal/5": (2, 4),
+                     "reduce/2": (0, 1), "reduce/3": (1, 2), "reduce/4": (0, 3), "reduce/5": (0, 4)}
+
+    def scorer(model, weights, batches):
+        lost = sum(1 for label, op in wanted_ops.items() if float(weights[label][op]) == 0.0)
+        lost += sum(1 for node, inputs in wanted_inputs.items() for j in inputs
+                    if float(weights[f"{node}<-{j}"].sum()) == 0.0)
+        return 0.9 - 0.01 * lost
+
+    monkeypatch.setattr(perturbation, "masked_accuracy", scorer)
+    arch, scores = perturbation_select(model, [(torch.zeros(1), torch.zeros(1))], rng=0)
+    for node, inputs in wanted_inputs.items():
+        assert arch[node] == tuple((wanted_ops[f"{node}<-{j}"], j) for j in inputs)
+    assert all(scores["ops"][label][0] is None for label in model.alphas)  # `none` is no candidate
+    assert len(scores["nodes"]["normal/5"]) == 3  # five inputs, removed one at a time down to two
+    assert space.format(arch).startswith("Genotype(")
+
+
+def test_the_same_seed_gives_the_same_selection(tiny, digits):
+    first = perturbation_select(tiny, digits.val_dataloader(), rng=7, num_batches=1)
+    again = perturbation_select(tiny, digits.val_dataloader(), rng=7, num_batches=1)
+    other = perturbation_select(tiny, digits.val_dataloader(), rng=8, num_batches=1)
+    assert first == again
+    assert other[1]["edge_order"] != first[1]["edge_order"]
+
+
+def test_scoring_leaves_the_supernet_unchanged_and_bad_input_is_named(tiny, digits):
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    perturbation_select(tiny, digits.val_dataloader(), rng=0, num_batches=1)
+    after = tiny.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BN running stats restored
+    with pytest.raises(ValueError, match="tune_steps=2 needs a train_loader"):
+        perturbation_select(tiny, digits.val_dataloader(), tune_steps=2)
+    with pytest.raises(ValueError, match="val_batches yielded nothing"):
+        perturbation_select(tiny, [])
+
+
+def test_discretize_rule_perturbation_writes_a_loadable_arch(tmp_path):
+    run = tmp_path / "run"
+    L.seed_everything(0)
+    model = DartsSearch(**TINY)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+                        default_root_dir=run, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[ModelCheckpoint(dirpath=run / "checkpoints", save_last=True)])
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=16))
+    main([str(run), "--rule", "perturbation", "--batches", "1", "--tune-steps", "1", "--seed", "2"])
+    path = run / "arch_perturbation.json"
+    record = json.loads(path.read_text())
+    arch = supernets.get("nb201").load(str(path))
+    assert record["rule"] == "perturbation"
+    assert record["settings"] == {"num_batches": 1, "seed": 2, "tune_steps": 1, "data": "digits"}
+    assert set(record["scores"]["ops"]) == set(model.alphas)
+    for label, accuracies in record["scores"]["ops"].items():
+        assert arch[label] == min(range(5), key=lambda i: (accuracies[i], i))
