@@ -73,7 +73,8 @@ def _infer_space(text: str) -> str:
 
 
 class RetrainModule(L.LightningModule):
-    """Trains the stand-alone network of one architecture with SGD and a per-epoch cosine schedule.
+    """Trains the stand-alone network of one architecture with SGD and a per-epoch cosine (or step)
+    schedule.
 
     Args:
         arch: canonical string, JSON, ``arch.json`` path, or a published genotype name (DARTS_V2).
@@ -95,13 +96,17 @@ class RetrainModule(L.LightningModule):
         drop_path_prob: final drop-path probability; epoch e uses ``drop_path_prob * e / max_epochs``
             (DARTS 0.2). Only for networks with a ``drop_path_prob`` attribute (the DARTS space).
         label_smoothing: cross-entropy label smoothing, on both heads (DARTS ImageNet 0.1).
+        lr_schedule: ``"cosine"`` (DARTS train.py, NB201) or ``"step"``: lr multiplied by
+            ``lr_gamma`` after every epoch (DARTS train_imagenet.py StepLR(1, gamma=0.97)).
+        lr_gamma: per-epoch decay factor of the ``"step"`` schedule (DARTS ImageNet 0.97).
     """
 
     def __init__(self, arch: str, space: str | None = None, network_options: dict[str, Any] | None = None,
                  num_classes: int = 10, in_channels: int = 3, learning_rate: float = 0.025,
                  learning_rate_min: float = 0.0, momentum: float = 0.9, weight_decay: float = 3e-4,
                  nesterov: bool = False, grad_clip: float = 5.0, auxiliary_weight: float = 0.4,
-                 drop_path_prob: float = 0.0, label_smoothing: float = 0.0) -> None:
+                 drop_path_prob: float = 0.0, label_smoothing: float = 0.0,
+                 lr_schedule: str = "cosine", lr_gamma: float = 0.97) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.space, self.arch = resolve_arch(arch, space)
@@ -115,6 +120,8 @@ class RetrainModule(L.LightningModule):
         if "drop_path_prob" in self.network_options:
             raise ValueError("set drop_path_prob on the module (it is ramped per epoch), "
                              "not in network_options")
+        if lr_schedule not in ("cosine", "step"):
+            raise ValueError(f"lr_schedule={lr_schedule!r}; accepted: cosine, step")
         if not 0.0 <= drop_path_prob < 1.0:
             raise ValueError(f"drop_path_prob={drop_path_prob}; it must lie in [0, 1)")
         self.network: nn.Module = self.space.build_network(self.arch, num_classes=num_classes,
@@ -197,9 +204,14 @@ class RetrainModule(L.LightningModule):
         h = self.hparams
         optimizer = torch.optim.SGD(self.network.parameters(), lr=h.learning_rate, momentum=h.momentum,
                                     weight_decay=h.weight_decay, nesterov=h.nesterov)
-        # one cosine step per epoch, to eta_min at max_epochs (DARTS train.py, NB201 200E.config)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self._max_epochs(),
-                                                               eta_min=h.learning_rate_min)
+        scheduler: torch.optim.lr_scheduler.LRScheduler
+        if h.get("lr_schedule", "cosine") == "step":  # hparams of older checkpoints lack it
+            # epoch e trains with lr * gamma**e (DARTS train_imagenet.py StepLR(optimizer, 1, 0.97))
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=h.lr_gamma)
+        else:
+            # one cosine step per epoch, to eta_min at max_epochs (DARTS train.py, NB201 200E.config)
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self._max_epochs(),
+                                                                   eta_min=h.learning_rate_min)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,

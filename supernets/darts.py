@@ -1,9 +1,10 @@
-"""The DARTS CNN search space: supernet, stand-alone CIFAR network, genotype encoding.
+"""The DARTS CNN search space: supernet, stand-alone CIFAR and ImageNet networks, genotypes.
 
 Paper: "DARTS: Differentiable Architecture Search", Liu, Simonyan, Yang, ICLR 2019.
 Ref impl: quark0/darts@f276dd3 ``cnn/genotypes.py`` (primitives, published genotypes),
 ``cnn/model_search.py`` (``Cell``, ``Network``, ``Network.genotype``: the supernet and the
-discretization rule) and ``cnn/model.py`` (``Cell``, ``NetworkCIFAR``, ``AuxiliaryHeadCIFAR``),
+discretization rule) and ``cnn/model.py`` (``Cell``, ``NetworkCIFAR``, ``AuxiliaryHeadCIFAR``, ``NetworkImageNet``,
+``AuxiliaryHeadImageNet``),
 ``cnn/utils.py`` (``drop_path``). PC-DARTS' genotype: yuhuixu1993/PC-DARTS@b74702f
 ``genotypes.py``; GDAS' DARTS-space genotype: D-X-Y/AutoDL-Projects@94a149b
 ``xautodl/nas_infer_model/DXYs/genotypes.py``.
@@ -244,6 +245,40 @@ class AuxiliaryHeadCIFAR(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
+def stack_cells(genotype: Mapping[str, Sequence[GenotypeEntry]], C: int, layers: int, C_prev_prev: int,
+                C_prev: int, reduction_prev: bool, aux_position: int) -> tuple[nn.ModuleList, int, int]:
+    """The cells of an evaluation network (model.py ``NetworkCIFAR``/``NetworkImageNet``):
+    reductions at layers//3 and 2*layers//3 double the channels. Returns the cells, the output
+    channels of the last cell and of cell ``aux_position`` (the auxiliary head's input)."""
+    cells, C_curr, C_aux = [], C, C_prev
+    for i in range(layers):
+        reduction = i in (layers // 3, 2 * layers // 3)
+        if reduction:
+            C_curr *= 2
+        cell = Cell(genotype["reduce" if reduction else "normal"], C_prev_prev, C_prev, C_curr,
+                    reduction, reduction_prev)
+        cells.append(cell)
+        reduction_prev = reduction
+        C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+        if i == aux_position:
+            C_aux = C_prev
+    return nn.ModuleList(cells), C_prev, C_aux
+
+
+def run_cells(network: nn.Module, s0: torch.Tensor, s1: torch.Tensor
+              ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Cells, pooling and classifier of an evaluation network; (logits, aux logits) when training
+    with an auxiliary head."""
+    with_aux = network.auxiliary and network.training
+    logits_aux = None
+    for i, cell in enumerate(network.cells):
+        s0, s1 = s1, cell(s0, s1, network.drop_path_prob)
+        if with_aux and i == network.aux_position:
+            logits_aux = network.auxiliary_head(s1)
+    logits = network.classifier(network.global_pooling(s1).flatten(1))
+    return (logits, logits_aux) if with_aux else logits
+
+
 class NetworkCIFAR(nn.Module):
     """The DARTS evaluation network (model.py ``NetworkCIFAR``): C=36, 20 cells for CIFAR-10.
 
@@ -262,35 +297,87 @@ class NetworkCIFAR(nn.Module):
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
                                   nn.BatchNorm2d(C_curr))
-        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
-        cells, reduction_prev, C_aux = [], False, C_prev
-        for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
-            if reduction:
-                C_curr *= 2
-            cell = Cell(genotype["reduce" if reduction else "normal"], C_prev_prev, C_prev, C_curr,
-                        reduction, reduction_prev)
-            cells.append(cell)
-            reduction_prev = reduction
-            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
-            if i == self.aux_position:
-                C_aux = C_prev
-        self.cells = nn.ModuleList(cells)
+        self.cells, C_prev, C_aux = stack_cells(genotype, C, layers, C_curr, C_curr,
+                                                reduction_prev=False, aux_position=self.aux_position)
         if auxiliary:
             self.auxiliary_head = AuxiliaryHeadCIFAR(C_aux, num_classes)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        with_aux = self.auxiliary and self.training
-        logits_aux = None
         s0 = s1 = self.stem(x)
-        for i, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
-            if with_aux and i == self.aux_position:
-                logits_aux = self.auxiliary_head(s1)
-        logits = self.classifier(self.global_pooling(s1).flatten(1))
-        return (logits, logits_aux) if with_aux else logits
+        return run_cells(self, s0, s1)
+
+
+class AuxiliaryHeadImageNet(nn.Module):
+    """Auxiliary classifier on the output of cell 2*layers//3 (model.py ``AuxiliaryHeadImageNet``).
+
+    model.py's docstring says "assuming input size 14x14", but cell 2*layers//3 is the second
+    reduction cell, so at 224x224 the head sees 7x7 (5x5/2 pool -> 2x2, 2x2 conv -> 1x1), as the
+    CIFAR head sees 8x8. As in DARTS, the BatchNorm after the 2x2 conv is left out: model.py
+    comments it out "for consistency with the experiments in the paper".
+    """
+
+    def __init__(self, C: int, num_classes: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=True),
+            nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False),  # 7x7 -> 2x2
+            nn.Conv2d(C, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False),  # 2x2 -> 1x1, no BN (see above)
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+class NetworkImageNet(nn.Module):
+    """The DARTS ImageNet mobile network (model.py ``NetworkImageNet``): C=48, 14 cells, 224x224.
+
+    Two strided stems reduce 224 -> 28 (stem0: 3x3/2 conv to C/2, BN, ReLU, 3x3/2 conv to C, BN;
+    stem1: ReLU, 3x3/2 conv, BN), so the first cell's s_{k-2} (stem0, 56x56) is twice the size
+    of its s_{k-1} (stem1, 28x28) and gets a FactorizedReduce (``reduction_prev=True``). After
+    the two reduction cells the map is 7x7 and AvgPool2d(7) pools it, so the input must be 224
+    (as in DARTS). ``drop_path_prob`` and ``forward`` behave as in :class:`NetworkCIFAR`.
+    """
+
+    def __init__(self, genotype: Mapping[str, Sequence[GenotypeEntry]], num_classes: int = 1000,
+                 C: int = 48, layers: int = 14, auxiliary: bool = False,
+                 drop_path_prob: float = 0.0, in_channels: int = 3):
+        super().__init__()
+        self.drop_path_prob = drop_path_prob
+        self.auxiliary = auxiliary
+        self.aux_position = 2 * layers // 3
+        self.stem0 = nn.Sequential(
+            nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C // 2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C),
+        )
+        self.stem1 = nn.Sequential(
+            nn.ReLU(inplace=True),
+            nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C),
+        )
+        # reduction_prev: stem0's output is twice stem1's resolution, so cell 0 reduces its s0
+        self.cells, C_prev, C_aux = stack_cells(genotype, C, layers, C, C, reduction_prev=True,
+                                                aux_position=self.aux_position)
+        if auxiliary:
+            self.auxiliary_head = AuxiliaryHeadImageNet(C_aux, num_classes)
+        self.global_pooling = nn.AvgPool2d(7)  # model.py: a fixed 7x7 pool, not adaptive
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        s0 = self.stem0(x)
+        return run_cells(self, s0, self.stem1(s0))
+
+
+NETWORKS: dict[str, type[nn.Module]] = {"cifar": NetworkCIFAR, "imagenet": NetworkImageNet}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,11 +626,14 @@ class DartsSpace(SearchSpace):
                              in_channels, partial_channels)
 
     def build_network(self, arch: Arch, num_classes: int = 10, C: int = 36, layers: int = 20,
-                      auxiliary: bool = False, drop_path_prob: float = 0.0,
-                      in_channels: int = 3) -> NetworkCIFAR:
-        """The CIFAR evaluation network of train.py (20 cells, C=36 by default)."""
-        return NetworkCIFAR(self.genotype_lists(arch), num_classes, C, layers, auxiliary,
-                            drop_path_prob, in_channels)
+                      auxiliary: bool = False, drop_path_prob: float = 0.0, in_channels: int = 3,
+                      network: str = "cifar") -> NetworkCIFAR | NetworkImageNet:
+        """The evaluation network: ``network="cifar"`` is train.py's (20 cells, C=36 by default),
+        ``"imagenet"`` train_imagenet.py's mobile one (pass C=48, layers=14; 224x224 input)."""
+        if network not in NETWORKS:
+            raise ValueError(f"network={network!r}; accepted: {', '.join(NETWORKS)}")
+        return NETWORKS[network](self.genotype_lists(arch), num_classes, C, layers, auxiliary,
+                                 drop_path_prob, in_channels)
 
     def decisions(self, arch: Arch) -> dict[str, int | None]:
         """Per supernet edge: the op index of a selected edge, None for an absent one.

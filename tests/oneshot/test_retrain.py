@@ -15,6 +15,7 @@ import supernets
 from oneshot.cli import main
 from oneshot.data import Cutout, DigitsDataModule
 from oneshot.retrain import RetrainModule, resolve_arch
+from supernets.darts import NetworkImageNet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIGITS_CONFIG = os.path.join(ROOT, "experiments", "retrain_nb201_digits_cpu.yaml")
@@ -254,3 +255,39 @@ def test_nb201_cifar10_retrain_is_the_benchmark_protocol():
     assert (model["learning_rate"], model["learning_rate_min"], model["momentum"]) == (0.1, 0.0, 0.9)
     assert (model["weight_decay"], model["nesterov"], model["drop_path_prob"]) == (5e-4, True, 0.0)
     assert (data["batch_size"], data["cutout"], data["normalization"]) == (256, 0, "nb201")
+
+
+def test_imagenet_retrain_config_is_the_published_protocol():
+    """quark0/darts train_imagenet.py flags with --auxiliary; the paper's C=48 and 250 epochs."""
+    import yaml
+
+    with open(os.path.join(ROOT, "experiments", "retrain_darts_imagenet.yaml")) as f:
+        config = yaml.safe_load(f)
+    model, data = config["model"], config["data"]
+    assert config["trainer"]["max_epochs"] == 250 and config["seed_everything"] == 0
+    assert model["network_options"] == {"network": "imagenet", "C": 48, "layers": 14, "auxiliary": True}
+    assert (model["learning_rate"], model["lr_schedule"], model["lr_gamma"]) == (0.1, "step", 0.97)
+    assert (model["momentum"], model["weight_decay"], model["nesterov"]) == (0.9, 3e-5, False)
+    assert (model["grad_clip"], model["auxiliary_weight"], model["drop_path_prob"]) == (5.0, 0.4, 0.0)
+    assert model["label_smoothing"] == 0.1
+    assert data["class_path"] == "oneshot.data.ImageNetDataModule"
+    assert data["init_args"]["batch_size"] == 128
+
+
+def test_retrain_step_schedule_decays_by_gamma_every_epoch():
+    """train_imagenet.py StepLR(optimizer, 1, gamma=0.97): epoch e trains with 0.1 * 0.97**e."""
+    from oneshot.retrain import RetrainModule
+
+    model = RetrainModule("DARTS_V2", network_options={"network": "imagenet", "C": 8, "layers": 5},
+                          num_classes=1000, learning_rate=0.1, lr_schedule="step", lr_gamma=0.97)
+    assert isinstance(model.network, NetworkImageNet)
+    scheduler = model.configure_optimizers()["lr_scheduler"]
+    assert scheduler["interval"] == "epoch"
+    lrs = []
+    for _ in range(3):
+        lrs.append(scheduler["scheduler"].optimizer.param_groups[0]["lr"])
+        scheduler["scheduler"].optimizer.step()
+        scheduler["scheduler"].step()
+    assert lrs == pytest.approx([0.1, 0.097, 0.1 * 0.97 ** 2])
+    with pytest.raises(ValueError, match="'linear'.*accepted: cosine, step"):
+        RetrainModule("DARTS_V2", network_options={"C": 8, "layers": 5}, lr_schedule="linear")
