@@ -61,6 +61,19 @@ def _trainer_defaults(name: str) -> dict:
                        "init_args": {"save_dir": "runs", "name": name}}}
 
 
+def _check_strategy(trainer, model) -> None:
+    """Single-path algorithms leave unsampled candidates without gradients, which plain DDP
+    rejects at the first backward; say so before anything runs."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    strategy = trainer.strategy
+    if (getattr(model, "single_path", False) and isinstance(strategy, DDPStrategy)
+            and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters")):
+        raise UserError(f"{type(model).__name__} trains one sampled path per step, so the other candidates "
+                        "get no gradient and plain DDP stops at the first backward: use "
+                        "--trainer.strategy ddp_find_unused_parameters_true")
+
+
 def _search(argv: list[str]) -> None:
     _quiet_lightning()
     from lightning.pytorch.cli import LightningCLI
@@ -81,6 +94,7 @@ def _search(argv: list[str]) -> None:
         save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "oneshot search"},
         trainer_defaults=_trainer_defaults("search"),
     )
+    _check_strategy(cli.trainer, cli.model)
     ckpt_path = cli.config.get("ckpt_path")
     if ckpt_path:
         if not os.path.isfile(ckpt_path):

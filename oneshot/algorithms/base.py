@@ -95,6 +95,7 @@ class SearchAlgorithm(L.LightningModule):
     """
 
     differentiable: bool = True  # False: no trainable architecture distribution (RSPS): no Hessian
+    single_path: bool = False  # True: unsampled candidates get no gradient (DDP must allow it)
 
     def __init__(self, space: str = "nb201", space_options: dict[str, Any] | None = None,
                  num_classes: int = 10, in_channels: int = 3,

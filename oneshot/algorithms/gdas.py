@@ -86,6 +86,7 @@ class GdasSearch(SearchAlgorithm):
     """
 
     arch_step_first = False  # search_func: weight step, then architecture step
+    single_path = True  # only the sampled candidate runs
 
     def __init__(self, *args: Any, tau_max: float = 10.0, tau_min: float = 0.1, **kwargs: Any):
         super().__init__(*args, **kwargs)

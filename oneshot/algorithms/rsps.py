@@ -46,6 +46,7 @@ class RandomSinglePathSearch(SearchAlgorithm):
 
     arch_step_first = False  # no architecture step; the order is immaterial
     differentiable = False  # nothing to take a Hessian of (base: hessian_every is skipped)
+    single_path = True  # only the sampled candidate runs
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
