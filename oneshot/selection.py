@@ -19,12 +19,15 @@ How an architecture is scored, and where this differs from the reference:
   a common batch removes that noise from the comparison at no cost;
 * accuracy decides, as in the reference; a lower loss breaks ties (the reference keeps the
   first sampled), since with one 64-image batch equal accuracies are common.
+
+Both deviations are the default and one option: ``shared_batches=False`` restores the reference
+protocol (next batches per candidate, ties to the first).
 """
 from __future__ import annotations
 
 import itertools
 import random
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import torch
 
@@ -52,9 +55,21 @@ def score_architecture(model: "SearchAlgorithm", arch: Arch, batches: Sequence[A
     return correct / images, loss_sum / images
 
 
+def _endless(batches: Iterable[Any]) -> Iterator[Any]:
+    """The batches again and again (a fresh pass, so a shuffling loader reshuffles)."""
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("batches yielded nothing: best_of_n needs at least one (x, y) batch")
+
+
 def best_of_n(model: "SearchAlgorithm", batches: Iterable[Any], num_samples: int = 100,
               num_batches: int = 1, candidates: Sequence[Arch] | None = None,
-              rng: random.Random | int | None = None) -> tuple[Arch, list[Score]]:
+              rng: random.Random | int | None = None,
+              shared_batches: bool = True) -> tuple[Arch, list[Score]]:
     """Score ``num_samples`` uniform archs (or ``candidates``) on the same batches; keep the best.
 
     Args:
@@ -64,6 +79,10 @@ def best_of_n(model: "SearchAlgorithm", batches: Iterable[Any], num_samples: int
         num_samples: uniform samples when ``candidates`` is None (RANDOM-NAS ``--select_num 100``).
         num_batches: validation batches per candidate (the reference scores on one).
         candidates: archs to score instead of sampling (SETN: the top-100 by alpha).
+        shared_batches: True (default): every candidate on the same first ``num_batches``
+            batches, ties broken by the lower loss. False: the reference protocol
+            (``search_find_best``): each candidate on the *next* ``num_batches`` batches (the
+            loader is re-iterated when exhausted), ties to the first sampled.
         rng: ``random.Random`` or int seed for the uniform samples; the same seed gives the same
             candidates and hence, with the same weights and batches, the same choice.
 
@@ -86,17 +105,18 @@ def best_of_n(model: "SearchAlgorithm", batches: Iterable[Any], num_samples: int
         candidates = [space.check(arch) for arch in candidates]
         if not candidates:
             raise ValueError("candidates is empty: pass at least one architecture, or None to sample")
-    fixed = list(itertools.islice(iter(batches), num_batches))
-    if not fixed:
-        raise ValueError("batches yielded nothing: best_of_n needs at least one (x, y) batch")
+    stream = _endless(batches)
+    fixed = list(itertools.islice(stream, num_batches))
     was_training = model.training
     model.eval()  # search_find_best: network.eval() under torch.no_grad()
     try:
         scores = []
-        for arch in candidates:
-            accuracy, loss = score_architecture(model, arch, fixed)
+        for i, arch in enumerate(candidates):
+            own = fixed if shared_batches or i == 0 else list(itertools.islice(stream, num_batches))
+            accuracy, loss = score_architecture(model, arch, own)
             scores.append((space.format(arch), accuracy, loss))
     finally:
         model.train(was_training)
-    best = min(range(len(candidates)), key=lambda i: (-scores[i][1], scores[i][2], i))
+    tie_break = (lambda i: scores[i][2]) if shared_batches else (lambda i: 0.0)
+    best = min(range(len(candidates)), key=lambda i: (-scores[i][1], tie_break(i), i))
     return candidates[best], scores

@@ -92,6 +92,11 @@ class SearchAlgorithm(L.LightningModule):
             :func:`oneshot.selection.best_of_n`). It runs after the last epoch's validation.
         selection_samples: architectures scored by ``best_of_n`` (NB201 ``--select_num 100``).
         selection_batches: validation batches each is scored on (NB201: one).
+        lr_schedule_interval: ``epoch``: one cosine step per epoch (DARTS train_search.py);
+            ``step``: the cosine is evaluated at every training step (xautodl's NB201 searches,
+            ``w_scheduler.update(None, step / len(loader))``).
+        selection_shared_batches: score every candidate on the same batches (default, a fairer
+            comparison); False is NB201's ``search_find_best``: each on the next batches.
     """
 
     differentiable: bool = True  # False: no trainable architecture distribution (RSPS): no Hessian
@@ -107,7 +112,8 @@ class SearchAlgorithm(L.LightningModule):
                  hessian_every: int = 0, hessian_iterations: int = 20,
                  early_stop_on_eigenvalue: bool = False,
                  early_stop_options: dict[str, Any] | None = None, selection: str = "rule",
-                 selection_samples: int = 100, selection_batches: int = 1):
+                 selection_samples: int = 100, selection_batches: int = 1,
+                 selection_shared_batches: bool = True, lr_schedule_interval: str = "epoch"):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -133,6 +139,9 @@ class SearchAlgorithm(L.LightningModule):
         if selection_samples < 1 or selection_batches < 1:
             raise ValueError(f"selection_samples={selection_samples}, selection_batches="
                              f"{selection_batches}: both must be at least 1")
+        if lr_schedule_interval not in ("epoch", "step"):
+            raise ValueError(f"lr_schedule_interval {lr_schedule_interval!r}: use 'epoch' (DARTS) or "
+                             "'step' (xautodl's NB201 searches)")
         self.space_options = dict(space_options or {})
         self._tiny_reduce = any(isinstance(m, nn.Conv2d) and m.stride == (2, 2) and m.kernel_size == (1, 1)
                                 and m.in_channels < 8 for m in self.supernet.modules())  # see input_memory_format
@@ -213,12 +222,16 @@ class SearchAlgorithm(L.LightningModule):
         if (self.hparams.hessian_every and self._hessian_batch is None and isinstance(batch, Mapping)
                 and "val" in batch):
             self._hessian_batch = tuple(t.detach() for t in batch["val"])  # fixed for the whole run
+        self.advance_lr_schedule(batch_idx)
 
-    def on_train_epoch_start(self) -> None:
-        # One cosine step per epoch, taken at the start of the epoch as DARTS does; catching up
-        # to the epoch counter also makes a resumed run continue on the right learning rate.
+    def advance_lr_schedule(self, batch_idx: int) -> None:
+        """Bring the cosine to this epoch (DARTS: stepped at the start of each epoch) or to this
+        step; catching up to the counter also makes a resumed run continue on the right lr."""
         weight_scheduler = self.lr_schedulers()
-        while weight_scheduler.last_epoch < self.current_epoch:
+        target = self.current_epoch
+        if self.hparams.lr_schedule_interval == "step":
+            target = self.current_epoch * int(self.trainer.num_training_batches) + batch_idx
+        while weight_scheduler.last_epoch < target:
             weight_scheduler.step()
 
     def on_train_epoch_end(self) -> None:
@@ -299,6 +312,8 @@ class SearchAlgorithm(L.LightningModule):
         weights = torch.optim.SGD(self.supernet.parameters(), lr=h.learning_rate, momentum=h.momentum,
                                   weight_decay=h.weight_decay, nesterov=h.nesterov)
         epochs = max(int(self.trainer.max_epochs or 1), 1)
+        if h.lr_schedule_interval == "step":  # T_max in training steps
+            epochs = max(int(self.trainer.estimated_stepping_batches), 1)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(weights, T_max=epochs,
                                                               eta_min=h.learning_rate_min)
         arch = torch.optim.Adam(self.architecture_parameters(), lr=h.arch_learning_rate,
@@ -336,10 +351,12 @@ class SearchAlgorithm(L.LightningModule):
                                  "datamodule or val_dataloaders")
             h = self.hparams
             rng = random.Random(rank_shared_seed("selection", self.global_step))
-            arch, scores = best_of_n(self, loader, h.selection_samples, h.selection_batches, rng=rng)
+            arch, scores = best_of_n(self, loader, h.selection_samples, h.selection_batches, rng=rng,
+                                     shared_batches=h.selection_shared_batches)
             record = {"arch": arch.to_json(), "global_step": int(self.global_step),
                       "epoch": int(self.current_epoch), "num_samples": len(scores),
                       "num_batches": int(h.selection_batches),
+                      "shared_batches": bool(h.selection_shared_batches),
                       "scores": [[text, float(acc), float(loss)] for text, acc, loss in scores]}
         self.selection = trainer.strategy.broadcast(record, src=0)
         return self.export()

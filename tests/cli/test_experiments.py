@@ -55,4 +55,5 @@ def test_nb201_darts_is_the_benchmark_papers_setting(name, unrolled):
     assert model["space"] == "nb201" and model["space_options"]["C"] == 16 and model["space_options"]["N"] == 5
     assert model["unrolled"] is unrolled and model["arch_step_first"] is unrolled  # V1: weights first
     assert (model["weight_decay"], model["nesterov"], model["learning_rate_min"]) == (5e-4, True, 0.001)
+    assert model["lr_schedule_interval"] == "step"  # xautodl anneals the cosine every step
     assert config["data"]["init_args"]["normalization"] == "nb201"

@@ -52,3 +52,26 @@ def test_resume_continues_exactly(tmp_path):
             for key in state_a:
                 assert torch.equal(torch.as_tensor(state_a[key]), torch.as_tensor(state_b[key])), key
     assert reference.lr_schedulers().state_dict() == resumed.lr_schedulers().state_dict()
+
+
+def test_step_interval_cosine_follows_every_training_step(tmp_path):
+    """xautodl's NB201 searches evaluate the cosine at epoch + step/len(loader)."""
+    import math
+
+    L.seed_everything(0)
+    model = DartsSearch(space="nb201", space_options={"C": 4, "N": 1}, num_classes=10, in_channels=1,
+                        lr_schedule_interval="step", learning_rate=0.1, learning_rate_min=0.0)
+    seen = []
+
+    class RecordLr(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(pl_module.optimizers()[0].param_groups[0]["lr"])
+
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                        default_root_dir=str(tmp_path), callbacks=[RecordLr()])
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=64))
+    expected = [0.05 * (1 + math.cos(math.pi * t / 6)) for t in range(6)]
+    assert seen == pytest.approx(expected)
+    with pytest.raises(ValueError, match="lr_schedule_interval"):
+        DartsSearch(space="nb201", space_options={"C": 4, "N": 1}, lr_schedule_interval="batch")

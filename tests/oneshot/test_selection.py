@@ -113,3 +113,23 @@ def test_every_algorithm_can_select_best_of_n(tmp_path, monkeypatch):
     assert len(scores) == 5
     best = max(scores, key=lambda s: (s[1], -s[2]))[0]
     assert model.space.format(model.export()) == best
+
+
+def test_reference_protocol_scores_each_candidate_on_the_next_batch(monkeypatch):
+    seen = []
+
+    def crafted(model, arch, batches):  # everyone scores 0.5: ties go to the first sampled
+        seen.append([b[0] for b in batches])
+        return 0.5, 1.0 / (len(seen))
+
+    monkeypatch.setattr(selection, "score_architecture", crafted)
+    space = supernets.get("nb201")
+    batches = _batches(n=3)
+    candidates = [space.from_index(i) for i in range(5)]
+    best, _ = best_of_n(_model(), batches, candidates=candidates, shared_batches=False)
+    assert best == candidates[0]  # the reference keeps the first of equal accuracies
+    expected = [batches[i % 3][0] for i in range(5)]  # next batch each, re-iterating the loader
+    assert all(got[0] is want for got, want in zip(seen, expected))
+    seen.clear()
+    best, _ = best_of_n(_model(), batches, candidates=candidates)  # shared: lower loss wins ties
+    assert best == candidates[-1] and all(got[0] is batches[0][0] for got in seen)
