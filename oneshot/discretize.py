@@ -16,7 +16,8 @@ without retraining:
 * ``perturbation``: DARTS-PT (Wang et al., ICLR 2021, ruocwang/darts-pt): per edge in random
   order, keep the op whose removal from the dense weights hurts validation accuracy most, then
   fix it; in the DARTS space also the two inputs per node by removal
-  (:func:`oneshot.perturbation.perturbation_select`; ``--tune-steps`` weight steps between rounds).
+  (:func:`oneshot.perturbation.perturbation_select`; ``--proj-intv`` epochs of bilevel tuning
+  between rounds, 5 as published; ``--criterion acc|loss``).
 
 The result is written as JSON with the keys of the search's ``arch.json`` (``space``, ``arch``,
 ``choices``), so ``SearchSpace.load`` and ``oneshot info --arch`` read it.
@@ -128,7 +129,8 @@ def build_datamodule(run: Path, data: str | None, data_root: str | None):
 
 
 def discretize(model, rule: str = "space", datamodule=None, num_samples: int = 100,
-               num_batches: int = 1, seed: int = 0, tune_steps: int = 0) -> tuple[Arch, Any, dict[str, Any]]:
+               num_batches: int = 1, seed: int = 0, proj_interval: int = 0, criterion: str = "acc",
+               tune_batches: int | None = None) -> tuple[Arch, Any, dict[str, Any]]:
     """The architecture ``rule`` chooses, the scores it chose by, and the rule's settings.
 
     Args:
@@ -138,13 +140,15 @@ def discretize(model, rule: str = "space", datamodule=None, num_samples: int = 1
             ``train_dataloader()`` for the tuning of ``perturbation``).
         num_samples: uniform architectures scored by ``best_of_n`` (NB201 ``--select_num 100``).
         num_batches: validation batches each is scored on (``search_find_best``: one).
-        seed: seed of the uniform samples (``perturbation``: of the edge order).
-        tune_steps: ``perturbation``: weight SGD steps between rounds (0: none).
+        seed: seed of the uniform samples (``perturbation``: of the edge order and the tuning).
+        proj_interval: ``perturbation``: tuning epochs between rounds (0: none).
+        criterion: ``perturbation``: ``acc`` or ``loss``.
+        tune_batches: ``perturbation``: at most this many batches per tuning epoch.
 
     Returns:
         The arch; the scores: for ``space`` the per-edge weights ``arch_weights()`` it was read
         from, for ``best_of_n`` the (arch string, accuracy, loss) of every candidate in scoring
-        order, for ``perturbation`` the accuracy with each op (and input) removed per edge
+        order, for ``perturbation`` the accuracy and loss with each op (and input) removed per edge
         (:func:`oneshot.perturbation.perturbation_select`); the settings (empty for ``space``).
     """
     from oneshot.selection import best_of_n
@@ -170,11 +174,14 @@ def discretize(model, rule: str = "space", datamodule=None, num_samples: int = 1
         if not model.differentiable:
             raise ValueError(f"--rule perturbation needs architecture weights; {type(model).__name__} "
                              "has none: use --rule best_of_n")
+        torch.manual_seed(seed)  # the tuning's data order
         arch, scores = perturbation_select(
             model, datamodule.val_dataloader(),
-            train_loader=datamodule.train_dataloader() if tune_steps else None,
-            tune_steps=tune_steps, rng=random.Random(seed), num_batches=num_batches)
-        return arch, scores, {"num_batches": num_batches, "seed": seed, "tune_steps": tune_steps}
+            train_loader=datamodule.train_dataloader() if proj_interval else None,
+            proj_interval=proj_interval, rng=random.Random(seed), num_batches=num_batches,
+            criterion=criterion, tune_batches=tune_batches)
+        return arch, scores, {"num_batches": num_batches, "seed": seed, "criterion": criterion,
+                              "proj_interval": proj_interval, "tune_batches": tune_batches}
     if rule == "best_of_n":
         arch, scores = best_of_n(model, datamodule.val_dataloader(), num_samples, num_batches,
                                  rng=random.Random(seed))
@@ -216,17 +223,23 @@ def main(argv: list[str]) -> None:
                              "perturbation: validation batches per measurement")
     parser.add_argument("--seed", type=int, default=0,
                         help="best_of_n: seed of the uniform samples; perturbation: of the edge order")
-    parser.add_argument("--tune-steps", type=int, default=0,
-                        help="perturbation: weight SGD steps (lr/10) between decisions; 0: none "
-                             "(DARTS-PT tunes --proj_intv 5 epochs)")
+    parser.add_argument("--proj-intv", type=int, default=5,
+                        help="perturbation: epochs of bilevel tuning (weight lr/10) between decisions, "
+                             "DARTS-PT's --proj_intv (published: 5); 0: no tuning")
+    parser.add_argument("--tune-batches", type=int, default=None,
+                        help="perturbation: at most this many batches per tuning epoch (default: all)")
+    parser.add_argument("--criterion", choices=("acc", "loss"), default="acc",
+                        help="perturbation: keep the op whose removal lowers validation accuracy most "
+                             "(acc, published) or raises the loss most (loss)")
     parser.add_argument("--data", default=None,
                         help="best_of_n, perturbation: data module name (default: the run's config.yaml, else digits)")
     parser.add_argument("--data-root", default=None, help="best_of_n, perturbation: folder of the data set")
     args = parser.parse_args(argv)
     if args.samples < 1 or args.batches < 1:
         raise ValueError(f"--samples {args.samples} --batches {args.batches}: both must be at least 1")
-    if args.tune_steps < 0:
-        raise ValueError(f"--tune-steps {args.tune_steps}: must be at least 0")
+    if args.proj_intv < 0 or (args.tune_batches is not None and args.tune_batches < 1):
+        raise ValueError(f"--proj-intv {args.proj_intv} --tune-batches {args.tune_batches}: "
+                         "--proj-intv must be at least 0, --tune-batches at least 1")
     ckpt = resolve_checkpoint(args.run_or_ckpt)
     run = run_directory(ckpt)
     model = load_algorithm(ckpt)
@@ -234,7 +247,7 @@ def main(argv: list[str]) -> None:
     if args.rule in ("best_of_n", "perturbation"):
         datamodule, data_source = build_datamodule(run, args.data, args.data_root)
     arch, scores, settings = discretize(model, args.rule, datamodule, args.samples, args.batches, args.seed,
-                                       args.tune_steps)
+                                       args.proj_intv, args.criterion, args.tune_batches)
     if data_source is not None:
         settings["data"] = data_source
     out = Path(args.out) if args.out else run / f"arch_{args.rule}.json"

@@ -5,42 +5,44 @@ code ruocwang/darts-pt. What the reference does, and what this module follows:
 
 * **Op selection** (``nasbench201/projection.py`` ``pt_project.project``, ``sota/cnn/projection.py``
   ``project_op``): take an undecided edge, and for every candidate op measure the supernet's
-  validation accuracy with that op's weight set to 0 in the *projected* weights
+  validation accuracy (or loss) with that op's weight set to 0 in the *projected* weights
   (``get_projected_weights()``: softmax(alpha), with the edges decided so far replaced by their
   one-hot). The rest of the edge keeps its weights: there is **no renormalization**
   (``weights[eid] * proj_mask``). ``--proj_crit acc`` keeps the op whose removal gives the
-  lowest accuracy (strict ``<``, so the first op on ties); the edge is then fixed to that op
-  (``project_op``: ``proj_weights[eid][opid] = 1``, one-hot from then on).
+  lowest accuracy, ``--proj_crit loss`` the one whose removal gives the highest loss (strict
+  comparisons, so the first op on ties); the edge is then one-hot on that op from then on.
 * **Edge order**: ``--edge_decision random`` (the only choice there), uniform over the
   undecided edges (``np.random.choice``).
-* **Accuracy measurement**: ``infer(..., eval=False, weights=...)`` runs the whole validation
-  queue under ``torch.no_grad`` with the network in *train* mode ("disable running stats for
-  projection": BatchNorm normalizes with batch statistics). Here the same, on the given
-  ``val_batches``; BatchNorm running statistics, which train mode would update, are restored.
+* **Measurement**: ``infer(..., eval=False, weights=...)`` runs the validation queue under
+  ``torch.no_grad`` with the network in *train* mode ("disable running stats for projection":
+  BatchNorm normalizes with batch statistics). Here the same, on the given ``val_batches``;
+  the BatchNorm running statistics that train mode would update are restored.
 * **Topology** (DARTS space only, ``sota/cnn/projection.py`` ``project_edge``): after all ops are
   fixed, for a random node remove, one at a time, the input edge whose removal (all its weights
-  set to 0) leaves the *highest* accuracy, until two inputs remain. NAS-Bench-201 keeps every edge.
-* **Rounds**: in the DARTS space each projection decides one normal and one reduce edge (or node)
-  (``pt_project``: ``project_op(..., 'normal')`` then ``'reduce'``); NB201 has one cell type.
-* **Fine-tuning between projections**: ``proj_intv`` epochs (``--proj_intv 5`` in
-  ``exp_scripts/darts-proj-201.sh`` and ``darts-proj-sota.sh``) of the usual bilevel training
-  (alpha step, then weight step) on the projected network, weight SGD reset to lr
-  ``learning_rate / 10`` with the search's momentum and weight decay (``model.reset_optimizer``;
-  the DARTS space adds cosine annealing to ``learning_rate_min`` over the tuning epochs).
-  NB201 tunes ``proj_intv * (num_edges - 1)`` = 25 epochs, the DARTS space ``proj_intv * (14 + 4
-  - 1) + 1`` = 86.
+  set to 0) leaves the *highest* accuracy (*lowest* loss; the last on ties), until two inputs
+  remain. NAS-Bench-201 keeps every edge.
+* **Rounds**: in the DARTS space each round decides one normal and one reduce edge (or node)
+  (``project_op(..., 'normal')`` then ``'reduce'``); NB201 has one cell type.
+* **Tuning between rounds** (``proj_interval`` = ``--proj_intv``, 5 in ``exp_scripts/*proj*.sh``):
+  epochs of the search's bilevel training on the projected network: per training batch one
+  first-order architecture step on a validation batch (``architect.step`` is called without
+  ``eta``/``network_optimizer``), then one weight step (``model.step``) with gradient clipping;
+  the weight SGD is reset to lr ``learning_rate / 10`` with the search's momentum and weight decay
+  (``model.reset_optimizer``). The DARTS code builds a cosine scheduler over the tuning epochs but
+  never steps it, so the lr stays at ``learning_rate / 10`` in both spaces, as here. The reference
+  projects at ``epoch % proj_intv == 0`` and at the last of ``proj_intv * (rounds - 1)`` (NB201)
+  or ``proj_intv * (rounds - 1) + 1`` (DARTS) tuning epochs: every gap is ``proj_intv`` epochs
+  except NB201's last, ``proj_intv - 1``. :func:`tuning_epochs` gives those gaps.
 
 Where this module differs:
 
-* tuning is ``tune_steps`` SGD steps of the supernet weights between rounds (default 0: pure
-  perturbation selection on the trained supernet, no tuning), at constant lr ``learning_rate /
-  10``, with the search's momentum, weight decay and gradient clipping; the architecture
-  parameters of undecided edges are **not** updated during tuning (the reference keeps taking
-  alpha steps). The published setting is ``proj_intv`` = 5 epochs per round: pass
-  ``tune_steps = 5 * len(train_loader)`` to match its length;
+* the epoch(s) the reference trains after its last projection are skipped: they cannot change
+  the architecture;
+* the Adam optimizer of the architecture parameters starts fresh (the reference keeps the
+  search's ``architect.optimizer`` state); ``tune_batches`` can shorten each tuning epoch;
 * DARTS space: ``none`` is not a candidate of the op selection (a genotype cannot hold it), so
   each edge is fixed to one of the seven other ops;
-* the scores of all edges use the same fixed ``val_batches`` (the reference iterates its shuffled
+* every measurement uses the same fixed ``val_batches`` (the reference iterates its shuffled
   validation queue each time).
 """
 from __future__ import annotations
@@ -58,12 +60,14 @@ if TYPE_CHECKING:
     from oneshot.algorithms.base import SearchAlgorithm
 
 SPACES = ("nb201", "darts")
+CRITERIA = ("acc", "loss")
+Measurement = dict[str, float]  # {"acc": validation accuracy, "loss": validation loss}
 
 
 @torch.no_grad()
-def masked_accuracy(model: "SearchAlgorithm", weights: dict[str, torch.Tensor],
-                    batches: Sequence[Any]) -> float:
-    """Image-weighted accuracy of the dense supernet under ``weights`` on ``batches``.
+def masked_scores(model: "SearchAlgorithm", weights: dict[str, torch.Tensor],
+                  batches: Sequence[Any]) -> Measurement:
+    """Image-weighted accuracy and loss of the dense supernet under ``weights`` on ``batches``.
 
     BatchNorm in train mode (batch statistics) as the reference's ``infer(eval=False)``; the
     running statistics it updates are put back, so scoring leaves the model as it was.
@@ -72,130 +76,188 @@ def masked_accuracy(model: "SearchAlgorithm", weights: dict[str, torch.Tensor],
     was_training = model.training
     model.train()
     try:
-        correct, images = 0.0, 0
+        correct, loss_sum, images = 0.0, 0.0, 0
         for x, y in batches:
             x, y = x.to(model.device), y.to(model.device)
-            _, accuracy = model.loss_and_accuracy((x, y), weights)
+            loss, accuracy = model.loss_and_accuracy((x, y), weights)
             correct += float(accuracy) * int(y.shape[0])
+            loss_sum += float(loss) * int(y.shape[0])
             images += int(y.shape[0])
     finally:
         model.train(was_training)
         for name, b in model.supernet.named_buffers():
             b.copy_(buffers[name])
-    return correct / images
+    return {"acc": correct / images, "loss": loss_sum / images}
 
 
-def _tune(model: "SearchAlgorithm", weights: dict[str, torch.Tensor], train_iter: Iterable[Any],
-          steps: int, optimizer: torch.optim.Optimizer) -> None:
-    """``steps`` SGD steps of the supernet weights with the projected ``weights`` held fixed."""
+def harm(measurement: Measurement, criterion: str) -> float:
+    """How much a removal hurts: the accuracy lost (``acc``) or the loss reached (``loss``)."""
+    return -measurement["acc"] if criterion == "acc" else measurement["loss"]
+
+
+def tuning_epochs(space: str, rounds: int, proj_interval: int) -> list[int]:
+    """Tuning epochs after each round but the last, as the reference schedules them."""
+    gaps = [proj_interval] * max(rounds - 1, 0)
+    if space == "nb201" and gaps and proj_interval > 1:
+        gaps[-1] = proj_interval - 1  # projects at the last of proj_intv * (edges - 1) epochs
+    return gaps
+
+
+def projected_weights(model: "SearchAlgorithm", decided: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``get_projected_weights()``: the architecture distribution with decided edges replaced."""
+    weights = model.arch_weights()
+    weights.update(decided)
+    return weights
+
+
+def _train_and_val(batch: Any) -> tuple[Any, Any]:
+    """(train batch, validation batch or None) from a bilevel or a plain loader's batch."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 3 and isinstance(batch[0], dict):
+        batch = batch[0]  # CombinedLoader: (batch, batch index, loader index)
+    if isinstance(batch, dict):
+        return batch["train"], batch.get("val")
+    return batch, None
+
+
+def tune(model: "SearchAlgorithm", decided: dict[str, torch.Tensor], loader: Iterable[Any],
+         weight_optimizer: torch.optim.Optimizer, arch_optimizer: torch.optim.Optimizer,
+         max_batches: int | None = None) -> None:
+    """One tuning epoch: per batch a first-order architecture step on the validation half of the
+    bilevel batch (skipped for plain batches), then a weight step, both on the projected network."""
     model.train()
-    for _ in range(steps):
-        batch = next(train_iter)
-        if len(batch) == 3 and isinstance(batch[0], dict):  # CombinedLoader: (batch, idx, loader idx)
-            batch = batch[0]
-        if isinstance(batch, dict):  # the bilevel loader: {"train": (x, y), "val": (x, y)}
-            batch = batch["train"]
-        x, y = (t.to(model.device) for t in batch)
-        optimizer.zero_grad()
-        loss, _ = model.loss_and_accuracy((x, y), weights)
+    for step, batch in enumerate(loader):
+        if max_batches is not None and step >= max_batches:
+            break
+        train_batch, val_batch = _train_and_val(batch)
+        if val_batch is not None:
+            arch_optimizer.zero_grad()
+            val_batch = tuple(t.to(model.device) for t in val_batch)
+            loss, _ = model.loss_and_accuracy(val_batch, projected_weights(model, decided))
+            loss.backward()
+            arch_optimizer.step()
+        weight_optimizer.zero_grad()
+        weights = {k: w.detach() for k, w in projected_weights(model, decided).items()}
+        loss, _ = model.loss_and_accuracy(tuple(t.to(model.device) for t in train_batch), weights)
         loss.backward()
         if model.hparams.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.supernet.parameters(), model.hparams.grad_clip)
-        optimizer.step()
+        weight_optimizer.step()
+    arch_optimizer.zero_grad()
+    weight_optimizer.zero_grad()
 
 
 def perturbation_select(model: "SearchAlgorithm", val_batches: Iterable[Any], train_loader: Iterable[Any] | None = None,
-                        tune_steps: int = 0, rng: random.Random | int | None = None,
-                        num_batches: int | None = None) -> tuple[Arch, dict[str, Any]]:
-    """DARTS-PT selection on a trained supernet.
+                        proj_interval: int = 0, rng: random.Random | int | None = None,
+                        num_batches: int | None = None, criterion: str = "acc",
+                        tune_batches: int | None = None) -> tuple[Arch, dict[str, Any]]:
+    """DARTS-PT selection on a trained supernet (tuning changes the model's weights and alphas).
 
     Args:
         model: a differentiable search algorithm (its ``arch_weights()`` are the start).
-        val_batches: (x, y) batches the accuracies are measured on; the first ``num_batches``
+        val_batches: (x, y) batches the removals are measured on; the first ``num_batches``
             (all when None) are taken once and reused for every measurement.
-        train_loader: batches for the fine-tuning, (x, y) or the search's {"train", "val"} dicts;
-            cycled. Needed when ``tune_steps`` > 0.
-        tune_steps: weight SGD steps after each round but the last (0: no tuning; the paper
-            tunes 5 epochs per round, see the module docstring).
+        train_loader: the search's bilevel loader ({"train", "val"} batches) for the tuning;
+            plain (x, y) batches tune the weights only. Needed when ``proj_interval`` > 0.
+        proj_interval: tuning epochs between rounds (``--proj_intv``; the paper's 5, 0: none).
         rng: ``random.Random`` or seed of the random edge (and node) order.
-        num_batches: how many of ``val_batches`` to use.
+        num_batches: how many of ``val_batches`` to measure on.
+        criterion: ``acc`` or ``loss`` (``--proj_crit``).
+        tune_batches: at most this many batches per tuning epoch (None: whole epochs).
 
     Returns:
-        The arch and the scores: per edge label, the accuracy with each op removed (the
+        The arch and the scores: per edge label, the {"acc", "loss"} with each op removed (the
         candidate's index order; ``None`` where an op was not a candidate), in ``"ops"``; the
-        order edges were decided in, ``"edge_order"``; the unperturbed accuracy before each
-        round, ``"base_accuracy"``; DARTS space only, per node the accuracy with each input
-        edge removed at each elimination, ``"nodes"``.
+        order edges were decided in, ``"edge_order"``; the unperturbed measurement before each
+        round, ``"base"``; the tuning epochs after each round, ``"tuning_epochs"``; DARTS space
+        only, per node the measurement with each input edge removed at each elimination,
+        ``"nodes"``.
 
     Raises:
         NotImplementedError: for a space other than ``nb201`` and ``darts``.
-        ValueError: bad ``tune_steps``/``num_batches``, no batches, or tuning without a loader.
+        ValueError: bad ``proj_interval``/``num_batches``/``criterion``, no batches, or tuning
+            without a loader.
     """
     space = model.space.name
     if space not in SPACES:
         raise NotImplementedError(f"perturbation selection for the {space!r} space is not "
                                   f"implemented; supported: {', '.join(SPACES)}")
-    if tune_steps < 0:
-        raise ValueError(f"tune_steps={tune_steps}: must be at least 0")
-    if tune_steps and train_loader is None:
-        raise ValueError(f"tune_steps={tune_steps} needs a train_loader to tune on")
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion={criterion!r}: accepted: {', '.join(CRITERIA)}")
+    if proj_interval < 0:
+        raise ValueError(f"proj_interval={proj_interval}: must be at least 0")
+    if proj_interval and train_loader is None:
+        raise ValueError(f"proj_interval={proj_interval} needs a train_loader to tune on")
     if num_batches is not None and num_batches < 1:
-        raise ValueError(f"num_batches={num_batches}: score on at least one batch")
+        raise ValueError(f"num_batches={num_batches}: measure on at least one batch")
+    if tune_batches is not None and tune_batches < 1:
+        raise ValueError(f"tune_batches={tune_batches}: tune on at least one batch per epoch")
     batches = list(val_batches if num_batches is None else itertools.islice(iter(val_batches), num_batches))
     if not batches:
         raise ValueError("val_batches yielded nothing: perturbation selection needs at least one batch")
     generator = rng if isinstance(rng, random.Random) else random.Random(rng)
 
-    weights = {k: w.detach().clone() for k, w in model.arch_weights().items()}
-    labels = list(weights)
+    labels = list(model.alphas)
     groups = ["normal", "reduce"] if space == "darts" else [""]
     undecided = {g: [k for k in labels if k.startswith(g)] for g in groups}
     excluded = set()
+    nodes: dict[str, list[str]] = {}
     if space == "darts":
         from supernets.darts import NONE_INDEX, NODE_LABELS
         excluded = {NONE_INDEX}
+        nodes = {g: [n for n in NODE_LABELS if n.startswith(g)] for g in groups}
+    op_rounds = max(len(v) for v in undecided.values())
+    node_rounds = max((len(v) for v in nodes.values()), default=0)
+    gaps = tuning_epochs(space, op_rounds + node_rounds, proj_interval)
 
-    optimizer = None
-    train_iter = None
-    if tune_steps:
+    weight_optimizer = arch_optimizer = None
+    if proj_interval:
         h = model.hparams
         # reference: model.reset_optimizer(args.learning_rate / 10, momentum, weight_decay)
-        optimizer = torch.optim.SGD(model.supernet.parameters(), lr=h.learning_rate / 10,
-                                    momentum=h.momentum, weight_decay=h.weight_decay)
-        train_iter = itertools.cycle(train_loader)
+        weight_optimizer = torch.optim.SGD(model.supernet.parameters(), lr=h.learning_rate / 10,
+                                           momentum=h.momentum, weight_decay=h.weight_decay)
+        arch_optimizer = torch.optim.Adam(model.architecture_parameters(), lr=h.arch_learning_rate,
+                                          betas=tuple(h.arch_betas), weight_decay=h.arch_weight_decay)
 
-    scores: dict[str, Any] = {"ops": {}, "edge_order": [], "base_accuracy": []}
-    was_training = model.training
-    rounds = max(len(v) for v in undecided.values())
-    node_rounds = 0
+    decided: dict[str, torch.Tensor] = {}
+    kept_inputs: dict[str, list[int]] = {}
+    scores: dict[str, Any] = {"criterion": criterion, "ops": {}, "edge_order": [], "base": [],
+                              "tuning_epochs": gaps}
     if space == "darts":
-        nodes = {g: [n for n in NODE_LABELS if n.startswith(g)] for g in groups}
-        node_rounds = max(len(v) for v in nodes.values())
         scores["nodes"] = {}
-        kept_inputs: dict[str, list[int]] = {}
+    was_training = model.training
+
+    def current() -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return {k: w.detach().clone() for k, w in projected_weights(model, decided).items()}
+
+    def measure(weights: dict[str, torch.Tensor]) -> Measurement:
+        return masked_scores(model, weights, batches)
+
     try:
-        for round_index in range(rounds + node_rounds):
-            scores["base_accuracy"].append(masked_accuracy(model, weights, batches))
+        for round_index in range(op_rounds + node_rounds):
+            weights = current()
+            scores["base"].append(measure(weights))
             for g in groups:
-                if round_index < rounds:
+                if round_index < op_rounds:
                     if not undecided[g]:
                         continue
                     label = generator.choice(undecided[g])  # --edge_decision random
                     undecided[g].remove(label)
-                    accuracies: list[float | None] = []
+                    removed: list[Measurement | None] = []
                     for op in range(len(weights[label])):
                         if op in excluded:
-                            accuracies.append(None)
+                            removed.append(None)
                             continue
                         masked = dict(weights)
                         masked[label] = weights[label].clone()
                         masked[label][op] = 0  # no renormalization, as the reference
-                        accuracies.append(masked_accuracy(model, masked, batches))
-                    # proj_crit acc: lowest accuracy when removed; strict <: first on ties
-                    best = min((i for i, a in enumerate(accuracies) if a is not None),
-                               key=lambda i: (accuracies[i], i))
-                    weights[label] = F.one_hot(torch.tensor(best), len(weights[label])).to(weights[label])
-                    scores["ops"][label] = accuracies
+                        removed.append(measure(masked))
+                    # keep the op whose removal hurts most; strict comparison: first on ties
+                    best = min((i for i, m in enumerate(removed) if m is not None),
+                               key=lambda i: (-harm(removed[i], criterion), i))
+                    decided[label] = F.one_hot(torch.tensor(best), len(weights[label])).to(weights[label])
+                    weights[label] = decided[label]
+                    scores["ops"][label] = removed
                     scores["edge_order"].append(label)
                 else:
                     if not nodes[g]:
@@ -205,26 +267,29 @@ def perturbation_select(model: "SearchAlgorithm", val_batches: Iterable[Any], tr
                     inputs = list(range(int(node.split("/")[1])))
                     trace = []
                     while len(inputs) > 2:
-                        removed = {}
+                        removed_input = {}
                         for j in inputs:
                             masked = dict(weights)
                             masked[f"{node}<-{j}"] = torch.zeros_like(weights[f"{node}<-{j}"])
-                            removed[j] = masked_accuracy(model, masked, batches)
-                        # project_edge: drop the edge whose removal leaves the highest accuracy
-                        # (`not compare(crit, extrema)` with `<`: the last one on ties)
-                        drop = max(inputs, key=lambda j: (removed[j], j))
-                        trace.append({str(j): a for j, a in removed.items()})
+                            removed_input[j] = measure(masked)
+                        # project_edge drops the edge whose removal hurts least (last on ties)
+                        drop = max(inputs, key=lambda j: (-harm(removed_input[j], criterion), j))
+                        trace.append({str(j): m for j, m in removed_input.items()})
                         inputs.remove(drop)
-                        weights[f"{node}<-{drop}"] = torch.zeros_like(weights[f"{node}<-{drop}"])
+                        decided[f"{node}<-{drop}"] = torch.zeros_like(weights[f"{node}<-{drop}"])
+                        weights[f"{node}<-{drop}"] = decided[f"{node}<-{drop}"]
                     kept_inputs[node] = inputs
                     scores["nodes"][node] = trace
-            if tune_steps and round_index < rounds + node_rounds - 1:
-                _tune(model, weights, train_iter, tune_steps, optimizer)
+            if round_index < len(gaps):
+                for _ in range(gaps[round_index]):
+                    tune(model, decided, train_loader, weight_optimizer, arch_optimizer, tune_batches)
     finally:
         model.train(was_training)
 
+    final = current()
+
     def op_of(label: str) -> int:
-        return int(weights[label].argmax())
+        return int(final[label].argmax())
 
     if space == "nb201":
         arch = Arch(space, {label: op_of(label) for label in labels})

@@ -33,13 +33,50 @@ def tiny():
 
 
 def test_chosen_op_is_the_argmin_of_the_recorded_masked_accuracies(tiny, digits):
-    arch, scores = perturbation_select(tiny, digits.val_dataloader(), train_loader=digits.train_dataloader(),
-                                       tune_steps=1, rng=0, num_batches=1)
+    arch, scores = perturbation_select(tiny, digits.val_dataloader(), rng=0, num_batches=1)
     assert sorted(scores["edge_order"]) == sorted(tiny.alphas)  # every NB201 edge decided once
-    assert len(scores["base_accuracy"]) == 6
-    for label, accuracies in scores["ops"].items():
+    assert len(scores["base"]) == 6 and scores["tuning_epochs"] == [0] * 5
+    for label, removed in scores["ops"].items():
+        accuracies = [m["acc"] for m in removed]
         assert len(accuracies) == 5 and all(0.0 <= a <= 1.0 for a in accuracies)
         assert arch[label] == min(range(5), key=lambda i: (accuracies[i], i))  # first on ties
+
+
+def test_loss_criterion_keeps_the_op_whose_removal_raises_the_loss_most(tiny, digits):
+    arch, scores = perturbation_select(tiny, digits.val_dataloader(), rng=0, num_batches=1, criterion="loss")
+    assert scores["criterion"] == "loss"
+    for label, removed in scores["ops"].items():
+        losses = [m["loss"] for m in removed]
+        assert arch[label] == min(range(5), key=lambda i: (-losses[i], i))
+
+
+def test_the_reference_tuning_schedule():
+    # NB201: 6 rounds, projections at epochs 0, 5, 10, 15, 20 and the last of 25 (24)
+    assert perturbation.tuning_epochs("nb201", 6, 5) == [5, 5, 5, 5, 4]
+    # DARTS: 14 op rounds + 4 node rounds, projections every 5 of 86 epochs (0 ... 85)
+    assert perturbation.tuning_epochs("darts", 18, 5) == [5] * 17
+    assert perturbation.tuning_epochs("nb201", 6, 0) == [0] * 5
+
+
+def test_tuning_trains_weights_and_undecided_alphas_between_rounds(tiny, digits, monkeypatch):
+    seen = []
+    real_tune = perturbation.tune
+
+    def spy(model, decided, loader, weight_optimizer, arch_optimizer, max_batches=None):
+        before = {k: a.detach().clone() for k, a in model.alphas.items()}
+        conv = next(p for p in model.supernet.parameters() if p.dim() == 4).detach().clone()
+        real_tune(model, decided, loader, weight_optimizer, arch_optimizer, max_batches)
+        moved = {k for k, a in model.alphas.items() if not torch.equal(a, before[k])}
+        weights_moved = not torch.equal(conv, next(p for p in model.supernet.parameters() if p.dim() == 4))
+        seen.append((set(decided), moved, weights_moved, weight_optimizer.param_groups[0]["lr"]))
+
+    monkeypatch.setattr(perturbation, "tune", spy)
+    perturbation_select(tiny, digits.val_dataloader(), train_loader=digits.train_dataloader(),
+                        proj_interval=2, rng=0, num_batches=1, tune_batches=1)
+    assert len(seen) == 2 * 4 + 1  # gaps 2, 2, 2, 2, 1 after the first five rounds
+    for decided, moved, weights_moved, lr in seen:
+        assert weights_moved and lr == pytest.approx(tiny.hparams.learning_rate / 10)
+        assert moved and not moved & decided or not (set(tiny.alphas) - decided)
 
 
 def _scripted_scorer(wanted, calls):
@@ -47,14 +84,14 @@ def _scripted_scorer(wanted, calls):
     def scorer(model, weights, batches):
         calls.append({k: w.clone() for k, w in weights.items()})
         lost = sum(1 for label, op in wanted.items() if float(weights[label][op]) == 0.0)
-        return 0.9 - 0.1 * lost
+        return {"acc": 0.9 - 0.1 * lost, "loss": 1.0 + lost}
     return scorer
 
 
 def test_scripted_scores_give_the_known_answer_and_masking_follows_the_reference(tiny, monkeypatch):
     wanted = {"1<-0": 3, "2<-0": 1, "2<-1": 0, "3<-0": 4, "3<-1": 2, "3<-2": 3}
     calls = []
-    monkeypatch.setattr(perturbation, "masked_accuracy", _scripted_scorer(wanted, calls))
+    monkeypatch.setattr(perturbation, "masked_scores", _scripted_scorer(wanted, calls))
     start = {k: w.detach().clone() for k, w in tiny.arch_weights().items()}
     arch, scores = perturbation_select(tiny, [(torch.zeros(1), torch.zeros(1))], rng=3)
     assert dict(arch) == wanted
@@ -87,9 +124,9 @@ def test_darts_space_keeps_the_two_inputs_whose_removal_hurts_most(monkeypatch):
         lost = sum(1 for label, op in wanted_ops.items() if float(weights[label][op]) == 0.0)
         lost += sum(1 for node, inputs in wanted_inputs.items() for j in inputs
                     if float(weights[f"{node}<-{j}"].sum()) == 0.0)
-        return 0.9 - 0.01 * lost
+        return {"acc": 0.9 - 0.01 * lost, "loss": 1.0 + lost}
 
-    monkeypatch.setattr(perturbation, "masked_accuracy", scorer)
+    monkeypatch.setattr(perturbation, "masked_scores", scorer)
     arch, scores = perturbation_select(model, [(torch.zeros(1), torch.zeros(1))], rng=0)
     for node, inputs in wanted_inputs.items():
         assert arch[node] == tuple((wanted_ops[f"{node}<-{j}"], j) for j in inputs)
@@ -111,8 +148,10 @@ def test_scoring_leaves_the_supernet_unchanged_and_bad_input_is_named(tiny, digi
     perturbation_select(tiny, digits.val_dataloader(), rng=0, num_batches=1)
     after = tiny.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # BN running stats restored
-    with pytest.raises(ValueError, match="tune_steps=2 needs a train_loader"):
-        perturbation_select(tiny, digits.val_dataloader(), tune_steps=2)
+    with pytest.raises(ValueError, match="proj_interval=2 needs a train_loader"):
+        perturbation_select(tiny, digits.val_dataloader(), proj_interval=2)
+    with pytest.raises(ValueError, match="criterion='top5'"):
+        perturbation_select(tiny, digits.val_dataloader(), criterion="top5")
     with pytest.raises(ValueError, match="val_batches yielded nothing"):
         perturbation_select(tiny, [])
 
@@ -125,12 +164,16 @@ def test_discretize_rule_perturbation_writes_a_loadable_arch(tmp_path):
                         default_root_dir=run, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[ModelCheckpoint(dirpath=run / "checkpoints", save_last=True)])
     trainer.fit(model, datamodule=DigitsDataModule(batch_size=16))
-    main([str(run), "--rule", "perturbation", "--batches", "1", "--tune-steps", "1", "--seed", "2"])
+    main([str(run), "--rule", "perturbation", "--batches", "1", "--proj-intv", "1", "--tune-batches", "1",
+          "--seed", "2"])
     path = run / "arch_perturbation.json"
     record = json.loads(path.read_text())
     arch = supernets.get("nb201").load(str(path))
     assert record["rule"] == "perturbation"
-    assert record["settings"] == {"num_batches": 1, "seed": 2, "tune_steps": 1, "data": "digits"}
+    assert record["settings"] == {"num_batches": 1, "seed": 2, "criterion": "acc", "proj_interval": 1,
+                                  "tune_batches": 1, "data": "digits"}
     assert set(record["scores"]["ops"]) == set(model.alphas)
-    for label, accuracies in record["scores"]["ops"].items():
+    assert record["scores"]["tuning_epochs"] == [1] * 5
+    for label, removed in record["scores"]["ops"].items():
+        accuracies = [m["acc"] for m in removed]
         assert arch[label] == min(range(5), key=lambda i: (accuracies[i], i))
