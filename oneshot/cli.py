@@ -25,6 +25,8 @@ COMMANDS = {
     "discretize": "write arch.json from a search run or checkpoint (--rule space|best_of_n)",
     "pipeline": "search, discretize and retrain in one run directory; resumes where it stopped "
                 "(--retrain CONFIG, --run-dir DIR)",
+    "rank": "rank correlation of supernet scores (or a score table) with ground truth; "
+            "--train-ground-truth builds a table by stand-alone training",
     "info": "index, parameters and FLOPs of an architecture, or the table of a whole space",
 }
 
@@ -189,6 +191,12 @@ def _pipeline(argv: list[str]) -> None:
     pipeline_main(argv)
 
 
+def _rank(argv: list[str]) -> None:
+    from oneshot.rank.command import main as rank_main
+
+    rank_main(argv)
+
+
 def _info(argv: list[str]) -> None:
     import argparse
 
@@ -231,8 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     try:
         {"search": _search, "retrain": _retrain, "discretize": _discretize,
-         "pipeline": _pipeline, "info": _info}[command](rest)
-    except (UserError, FileNotFoundError, KeyError, IndexError, ValueError) as error:
+         "pipeline": _pipeline, "rank": _rank, "info": _info}[command](rest)
+    except (UserError, FileNotFoundError, KeyError, IndexError, ValueError, ImportError) as error:
         if os.environ.get("ONESHOT_DEBUG"):
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

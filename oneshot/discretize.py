@@ -84,6 +84,7 @@ def load_algorithm(ckpt: Path):
     name = identity["algorithm"]
     if name not in classes:
         raise ValueError(f"{ckpt}: algorithm {name!r} is unknown; accepted: {', '.join(classes)}")
+    epoch = checkpoint.get("epoch")
     del checkpoint
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:
@@ -92,6 +93,7 @@ def load_algorithm(ckpt: Path):
         random.setstate(states[0])
         np.random.set_state(states[1])
         torch.set_rng_state(states[2])
+    model.checkpoint_epoch = epoch  # which point of the search these weights are (rank per epoch)
     return model
 
 

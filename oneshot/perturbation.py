@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
+from oneshot.selection import preserved_batchnorm, score_architecture
 from supernets import Arch
 
 if TYPE_CHECKING:
@@ -72,22 +73,12 @@ def masked_scores(model: "SearchAlgorithm", weights: dict[str, torch.Tensor],
     BatchNorm in train mode (batch statistics) as the reference's ``infer(eval=False)``; the
     running statistics it updates are put back, so scoring leaves the model as it was.
     """
-    buffers = {name: b.clone() for name, b in model.supernet.named_buffers()}
     was_training = model.training
-    model.train()
-    try:
-        correct, loss_sum, images = 0.0, 0.0, 0
-        for x, y in batches:
-            x, y = x.to(model.device), y.to(model.device)
-            loss, accuracy = model.loss_and_accuracy((x, y), weights)
-            correct += float(accuracy) * int(y.shape[0])
-            loss_sum += float(loss) * int(y.shape[0])
-            images += int(y.shape[0])
-    finally:
-        model.train(was_training)
-        for name, b in model.supernet.named_buffers():
-            b.copy_(buffers[name])
-    return {"acc": correct / images, "loss": loss_sum / images}
+    with preserved_batchnorm(model.supernet):
+        model.train()
+        accuracy, loss = score_architecture(model, weights, batches)
+    model.train(was_training)
+    return {"acc": accuracy, "loss": loss}
 
 
 def harm(measurement: Measurement, criterion: str) -> float:

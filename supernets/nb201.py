@@ -382,6 +382,29 @@ class NB201Space(SearchSpace):
         for digits in _index_table()[0]:
             yield Arch(self.name, zip(EDGES, digits))
 
+    def isomorphism_key(self, arch: Arch) -> str:
+        """One string per class of cells that compute the same function (6,466 classes).
+
+        NAS-Bench-201's rule (xautodl ``CellStructure.to_unique_str(consider_zero=True)``): a
+        node is the sorted sum of its inputs; ``skip_connect`` passes its input's expression on,
+        ``none`` (or an input that is already zero) contributes zero, any other op wraps it.
+        Rank studies average ground truth over a class ("de-isomorphism", aw_nas).
+        """
+        self.check(arch)
+        expressions = {0: "0"}
+        for node, inputs in enumerate(_node_inputs(EDGES), start=1):
+            terms = []
+            for label, source in inputs:
+                op, expression = PRIMITIVES[arch[label]], expressions[source]
+                if op == "none" or expression == "#":
+                    terms.append("#")
+                elif op == "skip_connect":
+                    terms.append(expression)
+                else:
+                    terms.append(f"({expression})@{op}")
+            expressions[node] = "+".join(sorted(terms))
+        return expressions[len(expressions) - 1]
+
     # --- sampling and evolution -------------------------------------------------------------
     def sample(self, rng: random.Random | None = None) -> Arch:
         rng = rng or random.Random()

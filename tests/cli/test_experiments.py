@@ -1,6 +1,7 @@
 """Every experiments/ config parses, and the published settings hold the reference values."""
 import glob
 import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,7 +15,15 @@ CONFIGS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.yaml")))
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_config_parses_with_every_key_known(path, capsys):
     name = os.path.basename(path)
-    argv = ["search", "--config", path, "--print_config"]
+    if name.startswith("rank_"):  # a study: its search and retrain configs, with its arguments
+        from oneshot.rank.study import _resolve, load_study
+
+        study = load_study(Path(path))
+        argv = ["search", "--config", _resolve(study["search"]["config"], Path(path)),
+                *map(str, study["search"].get("args", [])), "--print_config"]
+        assert os.path.isfile(_resolve(study["ground_truth"]["config"], Path(path)))
+    else:
+        argv = ["search", "--config", path, "--print_config"]
     if name.startswith("retrain_"):  # retraining needs an architecture of the config's space
         argv[0] = "retrain"
         argv += ["--arch", "DARTS_V2" if "darts" in name else

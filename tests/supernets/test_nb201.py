@@ -395,3 +395,18 @@ def test_flops(space):
     assert pool["flops"] > 0 and conv["flops"] > pool["flops"]
     assert conv["macs"] == conv["flops"] / 2
     assert conv["params"] > pool["params"]
+
+
+def test_isomorphism_classes_match_the_benchmark_count_and_rules(space):
+    keys = [space.isomorphism_key(a) for a in space.enumerate()]
+    assert len(set(keys)) == 6466  # NAS-Bench-201 paper: 6,466 unique topologies
+    conv = "|nor_conv_3x3~0|+|{}~0|{}~1|+|nor_conv_1x1~0|none~1|none~2|"
+    # node 3 reads only node 0: whatever feeds nodes 1 and 2 cannot matter
+    assert (space.isomorphism_key(space.parse(conv.format("avg_pool_3x3", "skip_connect")))
+            == space.isomorphism_key(space.parse(conv.format("none", "nor_conv_1x1"))))
+    # skip_connect passes its input on: conv(x) into node 1 then skip == conv(x) straight to node 2
+    a = space.parse("|nor_conv_3x3~0|+|none~0|skip_connect~1|+|none~0|none~1|nor_conv_1x1~2|")
+    b = space.parse("|none~0|+|nor_conv_3x3~0|none~1|+|none~0|none~1|nor_conv_1x1~2|")
+    c = space.parse("|none~0|+|nor_conv_1x1~0|none~1|+|none~0|none~1|nor_conv_1x1~2|")
+    assert space.isomorphism_key(a) == space.isomorphism_key(b) != space.isomorphism_key(c)
+

@@ -1,0 +1,240 @@
+"""``oneshot rank``: how well does a supernet (or any score table) rank architectures?
+
+::
+
+    oneshot rank RUN [RUN2 ...] --ground-truth TABLE [--ground-truth-column COL] --archs sample:100
+    oneshot rank --scores SCORES.csv --space nb201 --ground-truth TABLE ...        # a baseline
+    oneshot rank --train-ground-truth --space nb201 --archs sample:50 --config R.yaml --out DIR
+
+Several runs (supernet seeds) or checkpoints (``--all-checkpoints``: every ``*.ckpt`` of a run,
+tau per epoch) are scored on the same architectures and reported side by side with mean ± std.
+The report (``rank.json``, ``rank.md``, ``rank.png``, TensorBoard) records the protocol: BN
+mode, images used, how the architectures were chosen, de-isomorphism, seed, ground-truth
+source and column.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from oneshot.rank import metrics
+from oneshot.rank.choose import choose_archs, deiso_truth
+from oneshot.rank.ground_truth import join, load_ground_truth, load_table
+from oneshot.rank.report import write_report
+from oneshot.rank.scoring import BN_MODES, score_archs
+from oneshot.rank.train_truth import parse_shard, train_ground_truth
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oneshot rank",
+        description="rank correlation between supernet scores (or a score table) and ground truth")
+    parser.add_argument("sources", nargs="*", metavar="RUN_OR_CKPT",
+                        help="search runs or checkpoints (several: seeds or epochs, aggregated)")
+    parser.add_argument("--ground-truth", help="CSV table (arch column + value columns), a folder/glob "
+                        "of `oneshot retrain` result.json files, or nb201-api:PATH")
+    parser.add_argument("--ground-truth-column", default=None,
+                        help="the table's value column (NB201 CSV: cifar10_test_acc or cifar10_valid_acc)")
+    parser.add_argument("--archs", default="sample:100",
+                        help="all | sample:N | stratified:N | file:PATH (default sample:100)")
+    parser.add_argument("--deiso", action="store_true",
+                        help="NB201: one architecture per isomorphism class, ground truth averaged over it")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the architecture choice and data subsets")
+    parser.add_argument("--bn", choices=BN_MODES, default="recalibrate",
+                        help="BatchNorm statistics when scoring: recalibrate (OFA: exact averages over "
+                             "--bn-images training images), train (batch statistics), running (stored)")
+    parser.add_argument("--bn-images", type=int, default=2000, help="recalibration images (OFA: 2000)")
+    parser.add_argument("--bn-batch-size", type=int, default=200, help="recalibration batch size (OFA: 200)")
+    parser.add_argument("--val-images", type=int, default=1000,
+                        help="fixed validation subset every architecture is scored on")
+    parser.add_argument("--batch-size", type=int, default=250, help="validation batch size")
+    parser.add_argument("--score", choices=("accuracy", "loss"), default="accuracy",
+                        help="the supernet proxy the metrics use (loss: lower is better)")
+    parser.add_argument("--all-checkpoints", action="store_true",
+                        help="score every *.ckpt in each run's checkpoints/ folder (tau per epoch)")
+    parser.add_argument("--data", default=None, help="data module name (default: the run's config.yaml)")
+    parser.add_argument("--data-root", default=None, help="folder of the data set")
+    parser.add_argument("--scores", default=None, help="rank a precomputed score table instead of a supernet")
+    parser.add_argument("--scores-column", default=None, help="the score table's value column")
+    parser.add_argument("--lower-is-better", action="store_true", help="--scores: smaller values rank first")
+    parser.add_argument("--space", default=None, help="search space (needed with --scores and --train-ground-truth)")
+    parser.add_argument("--train-ground-truth", action="store_true",
+                        help="train --archs stand-alone with --config to build a ground-truth table")
+    parser.add_argument("--config", default=None, help="--train-ground-truth: the retrain config")
+    parser.add_argument("--retrain-args", default="", help="--train-ground-truth: extra retrain arguments")
+    parser.add_argument("--shard", default="0/1", help="--train-ground-truth: train share i of n (0-based)")
+    parser.add_argument("--top-ratio", type=float, default=0.1, help="top-K marked in the plot (default 10%%)")
+    parser.add_argument("--sparse-bin", type=float, default=0.1, help="sparse Kendall tau bin (percent points)")
+    parser.add_argument("--study", default=None,
+                        help="run a whole study from one YAML (search, ground_truth, rank sections), "
+                             "e.g. experiments/rank_nb201_embedded.yaml")
+    parser.add_argument("--out", default=None, help="report folder (default: FIRST_RUN/rank, or runs/rank)")
+    return parser
+
+
+# -- data ------------------------------------------------------------------------------------------
+def fixed_batches(dataset: Any, images: int, batch_size: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A seeded random subset of ``images`` items, read once into batches: every architecture sees
+    the same tensors (also where the dataset's transform is random)."""
+    if images < 1 or batch_size < 1:
+        raise ValueError(f"images={images}, batch_size={batch_size}: both must be at least 1")
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(dataset), generator=generator)[:images].tolist()
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)  # the random transforms, drawn once
+    try:
+        return [(x, y) for x, y in DataLoader(Subset(dataset, order), batch_size=batch_size, shuffle=False)]
+    finally:
+        torch.set_rng_state(state)
+
+
+def expand_sources(sources: Sequence[str], all_checkpoints: bool) -> list[Path]:
+    from oneshot.discretize import resolve_checkpoint
+
+    paths = []
+    for source in sources:
+        folder = Path(source) / "checkpoints"
+        if all_checkpoints and folder.is_dir():
+            found = sorted(folder.glob("*.ckpt"), key=lambda p: (p.name == "last.ckpt", p.name))
+            if not found:
+                raise FileNotFoundError(f"{folder}: no *.ckpt files")
+            paths += found
+        else:
+            paths.append(resolve_checkpoint(source))
+    return paths
+
+
+# -- scoring ---------------------------------------------------------------------------------------
+def supernet_sources(args: argparse.Namespace, archs: list, space_name: str | None) -> tuple[list[dict], dict]:
+    """Score ``archs`` with each checkpoint; returns the sources and the protocol entries."""
+    from tqdm.auto import tqdm
+
+    from oneshot.discretize import build_datamodule, load_algorithm, run_directory
+
+    checkpoints = expand_sources(args.sources, args.all_checkpoints)
+    datamodule, data_source = build_datamodule(run_directory(checkpoints[0]), args.data, args.data_root)
+    val_batches = fixed_batches(datamodule.arch_eval_set, args.val_images, args.batch_size, args.seed)
+    bn_batches = (fixed_batches(datamodule.weight_set, args.bn_images, args.bn_batch_size, args.seed + 1)
+                  if args.bn == "recalibrate" else [])
+    sources, seen_epochs = [], {}
+    for ckpt in checkpoints:
+        model = load_algorithm(ckpt)
+        if space_name is not None and model.space.name != space_name:
+            raise ValueError(f"{ckpt}: a {model.space.name!r} supernet, but the others are {space_name!r}")
+        model.eval()
+        with tqdm(total=len(archs), desc=f"scoring {ckpt.parent.parent.name}/{ckpt.name}", leave=False) as bar:
+            scored = score_archs(model, archs, val_batches, args.bn, bn_batches,
+                                 progress=lambda done: bar.update(done - bar.n))
+        epoch = getattr(model, "checkpoint_epoch", None)
+        if epoch in seen_epochs and args.all_checkpoints:  # last.ckpt repeats the final epoch
+            continue
+        seen_epochs[epoch] = ckpt
+        sources.append({"name": str(ckpt), "epoch": epoch,
+                        "scores": {"accuracy": [100.0 * a for a, _ in scored], "loss": [loss for _, loss in scored]}})
+    images = sum(int(y.shape[0]) for _, y in val_batches)
+    protocol = {"scorer": "supernet", "bn_mode": args.bn,
+                "bn_images": sum(int(y.shape[0]) for _, y in bn_batches) if bn_batches else None,
+                "val_images": images, "data": data_source, "val_split": "the search's validation half"}
+    return sources, protocol
+
+
+def score_table_sources(args: argparse.Namespace, space: Any, archs: list) -> tuple[list[dict], dict]:
+    table = load_table(args.scores, space, column=args.scores_column)
+    values = join(archs, table, space)
+    return ([{"name": str(args.scores), "epoch": None, "scores": {table.column: values}}],
+            {"scorer": "scores", "bn_mode": None, "score_table": str(args.scores),
+             "score_column": table.column, "lower_is_better": args.lower_is_better})
+
+
+def build_report(args: argparse.Namespace, space: Any, archs: list, truth_values: list[float],
+                 population: list[float], sources: list[dict], protocol: dict[str, Any]) -> dict[str, Any]:
+    """Metrics per source, their aggregate, the random baseline and the protocol, as one dict."""
+    primary = protocol["score"]
+    sign = -1.0 if primary == "loss" or protocol.get("lower_is_better") else 1.0
+    for source in sources:
+        ranked = [sign * v for v in source["scores"][primary]]
+        source["metrics"] = metrics.rank_metrics(ranked, truth_values, bin_width=args.sparse_bin)
+        if "loss" in source["scores"] and primary != "loss":  # the other proxy, for comparison
+            source["metrics_loss"] = metrics.rank_metrics([-v for v in source["scores"]["loss"]],
+                                                          truth_values, bin_width=args.sparse_bin)
+    first = [sign * v for v in sources[0]["scores"][primary]]
+    order = sorted(range(len(archs)), key=lambda i: (-first[i], i))
+    return {"protocol": protocol, "archs": [space.format(a) for a in archs], "truth": truth_values,
+            "sources": sources, "aggregate": metrics.aggregate([s["metrics"] for s in sources]),
+            "random_baseline": metrics.random_baseline(population, [truth_values[i] for i in order])}
+
+
+# -- the command -----------------------------------------------------------------------------------
+def main(argv: list[str]) -> dict[str, Any] | None:
+    """Run the command; returns the report (None for --train-ground-truth)."""
+    import supernets
+
+    args = build_parser().parse_args(argv)
+    if args.study:
+        from oneshot.rank.study import run_study
+        return run_study(Path(args.study), Path(args.out) if args.out else None)["report"]
+    if args.train_ground_truth:
+        if not (args.space and args.config):
+            raise ValueError("--train-ground-truth needs --space and --config (a retrain config, e.g. "
+                             "experiments/retrain_nb201_digits_cpu.yaml)")
+        space = supernets.get(args.space)
+        archs = choose_archs(space, args.archs, None, args.seed, args.deiso)
+        out = Path(args.out or "runs/ground_truth")
+        table = train_ground_truth(space, archs, args.config, out, parse_shard(args.shard),
+                                   shlex.split(args.retrain_args))
+        if table is not None:
+            print(f"rank against it: oneshot rank RUN --ground-truth {table} --ground-truth-column test_acc "
+                  "--archs all")
+        return None
+
+    if not args.ground_truth:
+        raise ValueError("give --ground-truth TABLE (or --train-ground-truth to build one)")
+    if bool(args.sources) == bool(args.scores):
+        raise ValueError("give either search runs/checkpoints (RUN_OR_CKPT) or --scores TABLE, not both or neither")
+    if args.scores:
+        if not args.space:
+            raise ValueError("--scores needs --space (the space its arch strings belong to)")
+        space_name = args.space
+    else:
+        from oneshot.discretize import load_algorithm
+        first = expand_sources(args.sources[:1], False)[0]
+        space_name = args.space or load_algorithm(first).space.name
+    space = supernets.get(space_name)
+    truth = load_ground_truth(args.ground_truth, space, column=args.ground_truth_column)
+    if args.deiso:
+        truth = deiso_truth(space, truth)
+    archs = choose_archs(space, args.archs, truth, args.seed, args.deiso)
+    truth_values = join(archs, truth, space)
+    if args.scores:
+        sources, protocol = score_table_sources(args, space, archs)
+        score = protocol["score_column"]
+    else:
+        sources, protocol = supernet_sources(args, archs, space_name)
+        score = args.score
+    protocol = {**protocol, "score": score, "space": space_name, "archs": args.archs, "n": len(archs),
+                "deiso": args.deiso, "seed": args.seed, "ground_truth": truth.describe(),
+                "sparse_bin": args.sparse_bin,
+                "population": "every architecture of the ground truth (the baseline's distribution)"}
+    report = build_report(args, space, archs, truth_values, list(truth.values.values()), sources, protocol)
+    from oneshot.discretize import run_directory
+    default = run_directory(expand_sources(args.sources[:1], False)[0]) / "rank" if args.sources else Path("runs/rank")
+    paths = write_report(report, Path(args.out) if args.out else default, top_ratio=args.top_ratio)
+    head = report["sources"][0]["metrics"]
+    print(f"{len(archs)} architectures, {len(sources)} source(s), BN {protocol['bn_mode']}: "
+          f"Kendall tau {head['kendall_tau']:.3f}, Spearman {head['spearman']:.3f}, "
+          f"P@10% {head.get('precision@10%', float('nan')):.3f}")
+    if len(sources) > 1:
+        tau = report["aggregate"]["kendall_tau"]
+        print(f"Kendall tau over {len(sources)} sources: {tau['mean']:.3f} ± {tau['std']:.3f}")
+    print(f"report: {paths['markdown']} (also {paths['json'].name}, {paths['plot'].name}, tensorboard/)")
+    return report
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+    main(sys.argv[1:])
