@@ -132,7 +132,7 @@ def build_datamodule(run: Path, data: str | None, data_root: str | None):
 
 def discretize(model, rule: str = "space", datamodule=None, num_samples: int = 100,
                num_batches: int = 1, seed: int = 0, proj_interval: int = 0, criterion: str = "acc",
-               tune_batches: int | None = None) -> tuple[Arch, Any, dict[str, Any]]:
+               tune_batches: int | None = None, shared_batches: bool = True) -> tuple[Arch, Any, dict[str, Any]]:
     """The architecture ``rule`` chooses, the scores it chose by, and the rule's settings.
 
     Args:
@@ -146,6 +146,8 @@ def discretize(model, rule: str = "space", datamodule=None, num_samples: int = 1
         proj_interval: ``perturbation``: tuning epochs between rounds (0: none).
         criterion: ``perturbation``: ``acc`` or ``loss``.
         tune_batches: ``perturbation``: at most this many batches per tuning epoch.
+        shared_batches: ``best_of_n``: every candidate on the same batches (default); False: the
+            next batches per candidate, NB201's ``search_find_best`` protocol.
 
     Returns:
         The arch; the scores: for ``space`` the per-edge weights ``arch_weights()`` it was read
@@ -186,9 +188,11 @@ def discretize(model, rule: str = "space", datamodule=None, num_samples: int = 1
                               "proj_interval": proj_interval, "tune_batches": tune_batches}
     if rule == "best_of_n":
         arch, scores = best_of_n(model, datamodule.val_dataloader(), num_samples, num_batches,
-                                 rng=random.Random(seed))
-        return (arch, [[text, float(acc), float(loss)] for text, acc, loss in scores],
-                {"num_samples": len(scores), "num_batches": num_batches, "seed": seed})
+                                 rng=random.Random(seed), shared_batches=shared_batches)
+        settings = {"num_samples": len(scores), "num_batches": num_batches, "seed": seed}
+        if not shared_batches:
+            settings["shared_batches"] = False
+        return arch, [[text, float(acc), float(loss)] for text, acc, loss in scores], settings
     raise ValueError(f"--rule {rule!r}: accepted: {', '.join(RULES)}")
 
 
@@ -223,6 +227,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--batches", type=int, default=1,
                         help="best_of_n: validation batches per architecture (NB201: 1); "
                              "perturbation: validation batches per measurement")
+    parser.add_argument("--next-batches", action="store_true",
+                        help="best_of_n: score each candidate on the next batches, ties to the first "
+                             "(NB201 search_find_best); default: all on the same batches, ties by loss")
     parser.add_argument("--seed", type=int, default=0,
                         help="best_of_n: seed of the uniform samples; perturbation: of the edge order")
     parser.add_argument("--proj-intv", type=int, default=5,
@@ -249,7 +256,8 @@ def main(argv: list[str]) -> None:
     if args.rule in ("best_of_n", "perturbation"):
         datamodule, data_source = build_datamodule(run, args.data, args.data_root)
     arch, scores, settings = discretize(model, args.rule, datamodule, args.samples, args.batches, args.seed,
-                                       args.proj_intv, args.criterion, args.tune_batches)
+                                       args.proj_intv, args.criterion, args.tune_batches,
+                                       shared_batches=not args.next_batches)
     if data_source is not None:
         settings["data"] = data_source
     out = Path(args.out) if args.out else run / f"arch_{args.rule}.json"

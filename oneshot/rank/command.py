@@ -126,15 +126,16 @@ def supernet_sources(args: argparse.Namespace, archs: list, space_name: str | No
         model = load_algorithm(ckpt)
         if space_name is not None and model.space.name != space_name:
             raise ValueError(f"{ckpt}: a {model.space.name!r} supernet, but the others are {space_name!r}")
+        epoch = getattr(model, "checkpoint_epoch", None)
+        run = run_directory(ckpt)
+        if args.all_checkpoints and (run, epoch) in seen_epochs:  # last.ckpt repeats the final epoch
+            continue
+        seen_epochs[(run, epoch)] = ckpt
         model.eval()
-        with tqdm(total=len(archs), desc=f"scoring {ckpt.parent.parent.name}/{ckpt.name}", leave=False) as bar:
+        with tqdm(total=len(archs), desc=f"scoring {run.name}/{ckpt.name}", leave=False) as bar:
             scored = score_archs(model, archs, val_batches, args.bn, bn_batches,
                                  progress=lambda done: bar.update(done - bar.n))
-        epoch = getattr(model, "checkpoint_epoch", None)
-        if epoch in seen_epochs and args.all_checkpoints:  # last.ckpt repeats the final epoch
-            continue
-        seen_epochs[epoch] = ckpt
-        sources.append({"name": str(ckpt), "epoch": epoch,
+        sources.append({"name": str(ckpt), "epoch": epoch, "group": "_".join(run.parts[-2:]),
                         "scores": {"accuracy": [100.0 * a for a, _ in scored], "loss": [loss for _, loss in scored]}})
     images = sum(int(y.shape[0]) for _, y in val_batches)
     protocol = {"scorer": "supernet", "bn_mode": args.bn,

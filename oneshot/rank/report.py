@@ -285,21 +285,29 @@ def plot_scatter(report: Mapping[str, Any], path: PathLike, top_ratio: float = 0
 def write_tensorboard(report: Mapping[str, Any], log_dir: PathLike) -> None:
     """Finite metrics as ``rank/<metric>`` scalars (step = epoch, else source index), plus the protocol.
 
-    Stepping by epoch lets checkpoints of one run trace rank quality over training.
+    Stepping by epoch lets checkpoints of one run trace rank quality over training. Sources of
+    different ``group`` (their search run: one per seed) go to subfolders, so seeds at the same
+    epoch stay separate curves.
     """
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(log_dir=os.fspath(log_dir))
+    sources = list(report.get("sources", []))
+    groups = list(dict.fromkeys(str(s.get("group", "")) for s in sources)) or [""]
+    writers = {g: SummaryWriter(log_dir=os.fspath(Path(log_dir) / g) if len(groups) > 1 else os.fspath(log_dir))
+               for g in groups}
     try:
-        for index, source in enumerate(report.get("sources", [])):
+        for index, source in enumerate(sources):
+            writer = writers[str(source.get("group", ""))]
             step = source["epoch"] if source.get("epoch") is not None else index
             for metric, value in source.get("metrics", {}).items():
                 if _is_finite(value):
                     writer.add_scalar(f"rank/{metric}", float(value), int(step))
-        writer.add_text("rank/protocol", protocol_markdown(report.get("protocol", {})))
-        writer.flush()
+        for writer in writers.values():
+            writer.add_text("rank/protocol", protocol_markdown(report.get("protocol", {})))
+            writer.flush()
     finally:
-        writer.close()
+        for writer in writers.values():
+            writer.close()
 
 
 # --------------------------------------------------------------------------- all

@@ -41,9 +41,9 @@ def run(tmp_path_factory):
     L.seed_everything(0)
     model = RandomSinglePathSearch(space="nb201", space_options={"C": 4, "N": 1}, num_classes=10,
                                    in_channels=1, selection_samples=2)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1, logger=False,
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=1, logger=False,
                         default_root_dir=run, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[ModelCheckpoint(dirpath=run / "checkpoints", save_last=True)])
+                        callbacks=[ModelCheckpoint(dirpath=run / "checkpoints", save_last=True, save_top_k=-1)])
     trainer.fit(model, datamodule=DigitsDataModule(batch_size=16))
     return run
 
@@ -68,7 +68,7 @@ def test_supernet_against_a_table_writes_the_report_and_its_protocol(run, space,
     by_arch = dict(zip(report["archs"], report["truth"]))
     assert by_arch == {space.format(space.from_index(i)): 50 + (i * 7919) % 45 for i in INDICES}
     source = report["sources"][0]
-    assert source["epoch"] == 0
+    assert source["epoch"] == 1  # last.ckpt, after the second epoch
     expected = metrics.kendall_tau(source["scores"]["accuracy"], report["truth"])
     assert source["metrics"]["kendall_tau"] == pytest.approx(expected)
     assert {"precision@10%", "br@10%", "wr@10%", "sparse_kendall_tau"} <= set(source["metrics"])
@@ -94,6 +94,29 @@ def test_score_table_and_several_sources_share_the_joins(run, space, tmp_path):
                                        str(truth), "--archs", "sample:6", "--out", str(out), *SMALL])
     tau = twice["aggregate"]["kendall_tau"]
     assert tau["n"] == 2 and tau["std"] == pytest.approx(0.0)  # the same weights, the same scores
+
+
+def test_every_checkpoint_of_a_run_gives_tau_per_epoch(run, space, tmp_path):
+    truth = _table(tmp_path / "truth.csv", space, INDICES, lambda i: 60 + i % 13)
+    report = rank_main([str(run), "--all-checkpoints", "--ground-truth", str(truth), "--archs", "all",
+                        "--out", str(tmp_path / "epochs"), *SMALL])
+    assert [s["epoch"] for s in report["sources"]] == [0, 1]  # last.ckpt repeats epoch 1: skipped
+    assert report["aggregate"]["kendall_tau"]["n"] == 2
+
+
+NB201_CSV = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "nb201_cifar10.csv")
+
+
+def test_the_shared_nb201_table_with_deiso(run, space, tmp_path):
+    if not os.path.isfile(NB201_CSV):
+        pytest.skip(f"NB201 table not found at {NB201_CSV}")
+    report = rank_main([str(run), "--ground-truth", NB201_CSV, "--ground-truth-column", "cifar10_test_acc",
+                        "--archs", "sample:8", "--deiso", "--bn", "running", "--out", str(tmp_path / "nb201"), *SMALL])
+    assert report["protocol"]["deiso"] is True and report["protocol"]["ground_truth"]["n"] == 6466
+    keys = {space.isomorphism_key(space.parse(a)) for a in report["archs"]}
+    assert len(keys) == 8  # one per class
+    population = report["random_baseline"]["population"]
+    assert population["n"] == 6466 and 85 < population["mean"] < 90
 
 
 def test_unmatched_architectures_are_listed(run, space, tmp_path, capsys):

@@ -102,6 +102,14 @@ def test_best_of_n_writes_every_score_and_picks_the_most_accurate(darts_run, tmp
     assert [row[0] for row in direct] == [row[0] for row in scores]
     assert [row[1] for row in direct] == pytest.approx([row[1] for row in scores])
     assert supernets.get("nb201").load(str(out)) == arch
+    # --next-batches: NB201's protocol, each candidate on the next batches (here: other scores)
+    main([str(run / "checkpoints" / "last.ckpt"), "--rule", "best_of_n", "--samples", "6",
+          "--batches", "2", "--seed", "5", "--next-batches", "--out", str(out)])
+    record = json.loads(out.read_text())
+    assert record["settings"]["shared_batches"] is False
+    _, reference = best_of_n(model, data.val_dataloader(), 6, 2, rng=random.Random(5), shared_batches=False)
+    assert [row[1] for row in record["scores"]] == pytest.approx([row[1] for row in reference])
+    assert [row[1] for row in reference] != pytest.approx([row[1] for row in direct])
 
 
 def test_best_of_n_reads_the_data_of_the_runs_config(darts_run, tmp_path):

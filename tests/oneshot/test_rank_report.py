@@ -189,6 +189,17 @@ def test_tensorboard_steps_by_index_without_epoch(tmp_path: Path) -> None:
     assert [e.step for e in _scalars(tmp_path / "tb", "rank/spearman")] == [0, 1]
 
 
+def test_tensorboard_keeps_seeds_at_the_same_epoch_apart(tmp_path: Path) -> None:
+    report = _report()
+    for source, group in zip(report["sources"], ("seed0", "seed1")):
+        source["epoch"], source["group"] = 9, group
+    write_tensorboard(report, tmp_path / "tb")
+    for source, group in zip(report["sources"], ("seed0", "seed1")):
+        events = _scalars(tmp_path / "tb" / group, "rank/kendall_tau")
+        assert [(e.step, pytest.approx(e.value, rel=1e-6)) for e in events] == [
+            (9, source["metrics"]["kendall_tau"])]
+
+
 # --------------------------------------------------------------------------- all
 def test_write_report_returns_four_paths(tmp_path: Path) -> None:
     out = tmp_path / "new" / "rank"
