@@ -132,7 +132,7 @@ def supernet_sources(args: argparse.Namespace, archs: list, space_name: str | No
             continue
         seen_epochs[(run, epoch)] = ckpt
         model.eval()
-        with tqdm(total=len(archs), desc=f"scoring {run.name}/{ckpt.name}", leave=False) as bar:
+        with tqdm(total=len(archs), desc=f"scoring {run.name}/{ckpt.name}", leave=False, disable=None) as bar:
             scored = score_archs(model, archs, val_batches, args.bn, bn_batches,
                                  progress=lambda done: bar.update(done - bar.n))
         sources.append({"name": str(ckpt), "epoch": epoch, "group": "_".join(run.parts[-2:]),
@@ -163,11 +163,12 @@ def build_report(args: argparse.Namespace, space: Any, archs: list, truth_values
         if "loss" in source["scores"] and primary != "loss":  # the other proxy, for comparison
             source["metrics_loss"] = metrics.rank_metrics([-v for v in source["scores"]["loss"]],
                                                           truth_values, bin_width=args.sparse_bin)
-    first = [sign * v for v in sources[0]["scores"][primary]]
-    order = sorted(range(len(archs)), key=lambda i: (-first[i], i))
+    final = [sign * v for v in sources[-1]["scores"][primary]]  # the last checkpoint (or seed) picks
+    order = sorted(range(len(archs)), key=lambda i: (-final[i], i))
+    baseline = metrics.random_baseline(population, [truth_values[i] for i in order])
     return {"protocol": protocol, "archs": [space.format(a) for a in archs], "truth": truth_values,
             "sources": sources, "aggregate": metrics.aggregate([s["metrics"] for s in sources]),
-            "random_baseline": metrics.random_baseline(population, [truth_values[i] for i in order])}
+            "random_baseline": {**baseline, "picked_by": sources[-1]["name"]}}
 
 
 # -- the command -----------------------------------------------------------------------------------

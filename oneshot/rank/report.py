@@ -121,8 +121,12 @@ def _source_header(source: Mapping[str, Any]) -> str:
 
 
 def _short_name(name: str) -> str:
-    """Last two path parts: "runs/x/version_0" -> "x/version_0"; enough to tell seeds apart."""
-    return "/".join(PurePosixPath(str(name).replace("\\", "/")).parts[-2:]) or str(name)
+    """Last two path parts: "runs/x/version_0" -> "x/version_0"; enough to tell seeds apart. A
+    checkpoint is named by its run: "x/version_0/checkpoints/last.ckpt" -> "version_0/last.ckpt"."""
+    parts = PurePosixPath(str(name).replace("\\", "/")).parts
+    if len(parts) >= 3 and parts[-2] == "checkpoints":
+        return f"{parts[-3]}/{parts[-1]}"
+    return "/".join(parts[-2:]) or str(name)
 
 
 def _primary_score(report: Mapping[str, Any], source: Mapping[str, Any]) -> str:
@@ -192,6 +196,8 @@ def _baseline_lines(baseline: Mapping[str, Any]) -> list[str]:
             f"- population (n={pop.get('n')}): mean {_num(pop.get('mean'), 2)}, "
             f"median {_num(pop.get('median'), 2)}, max {_num(pop.get('max'), 2)}"
         )
+    if baseline.get("picked_by"):
+        lines.append(f"- picks ranked by: {baseline['picked_by']}")
     for name, pick in baseline.get("picks", {}).items():
         size = name.removeprefix("top")
         if "truth" in pick:
@@ -281,6 +287,41 @@ def plot_scatter(report: Mapping[str, Any], path: PathLike, top_ratio: float = 0
     return path
 
 
+def plot_by_epoch(report: Mapping[str, Any], path: PathLike) -> Path | None:
+    """Kendall tau, Spearman and P@10% against the checkpoint's epoch, one line per run; None
+    when fewer than two sources carry an epoch (nothing to trace)."""
+    sources = [s for s in report.get("sources", []) if s.get("epoch") is not None]
+    if len(sources) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for source in sources:
+        groups.setdefault(str(source.get("group", "")), []).append(source)
+    names = ("kendall_tau", "spearman", "precision@10%")
+    fig, axes = plt.subplots(1, len(names), figsize=(4.0 * len(names), 3.4), squeeze=False)
+    try:
+        for ax, name in zip(axes.flat, names):
+            for group, members in groups.items():
+                members = sorted(members, key=lambda s: s["epoch"])
+                ax.plot([s["epoch"] for s in members], [s["metrics"].get(name, math.nan) for s in members],
+                        marker="o", label=group or None)
+            ax.set_xlabel("supernet epoch")
+            ax.set_title(name, fontsize=9)
+            ax.grid(alpha=0.3)
+        if len(groups) > 1:
+            axes.flat[0].legend(fontsize=7)
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+    return path
+
+
 # --------------------------------------------------------------------------- TensorBoard
 def write_tensorboard(report: Mapping[str, Any], log_dir: PathLike) -> None:
     """Finite metrics as ``rank/<metric>`` scalars (step = epoch, else source index), plus the protocol.
@@ -312,7 +353,8 @@ def write_tensorboard(report: Mapping[str, Any], log_dir: PathLike) -> None:
 
 # --------------------------------------------------------------------------- all
 def write_report(report: Mapping[str, Any], out_dir: PathLike, top_ratio: float = 0.1) -> dict[str, Path]:
-    """Every artifact under ``out_dir``: rank.json, rank.md, rank.png, tensorboard/."""
+    """Every artifact under ``out_dir``: rank.json, rank.md, rank.png, tensorboard/, and
+    rank_by_epoch.png when the sources are checkpoints of several epochs."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tb_dir = out / "tensorboard"
@@ -321,6 +363,9 @@ def write_report(report: Mapping[str, Any], out_dir: PathLike, top_ratio: float 
         "markdown": write_markdown(report, out / "rank.md"),
         "plot": plot_scatter(report, out / "rank.png", top_ratio=top_ratio),
     }
+    by_epoch = plot_by_epoch(report, out / "rank_by_epoch.png")
+    if by_epoch is not None:
+        paths["by_epoch"] = by_epoch
     write_tensorboard(report, tb_dir)
     paths["tensorboard"] = tb_dir
     return paths

@@ -201,10 +201,12 @@ def test_tensorboard_keeps_seeds_at_the_same_epoch_apart(tmp_path: Path) -> None
 
 
 # --------------------------------------------------------------------------- all
-def test_write_report_returns_four_paths(tmp_path: Path) -> None:
+def test_write_report_returns_its_paths(tmp_path: Path) -> None:
     out = tmp_path / "new" / "rank"
     paths = write_report(_report(), out)
-    assert set(paths) == {"json", "markdown", "plot", "tensorboard"}
+    assert set(paths) == {"json", "markdown", "plot", "tensorboard", "by_epoch"}  # two epochs: a trace
+    assert paths["by_epoch"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "by_epoch" not in write_report(_report(1), tmp_path / "one")
     assert paths["json"] == out / "rank.json"
     assert paths["markdown"] == out / "rank.md"
     assert paths["plot"] == out / "rank.png"
