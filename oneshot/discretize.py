@@ -183,7 +183,7 @@ def discretize(model, rule: str = "space", datamodule=None, num_samples: int = 1
             model, datamodule.val_dataloader(),
             train_loader=datamodule.train_dataloader() if proj_interval else None,
             proj_interval=proj_interval, rng=random.Random(seed), num_batches=num_batches,
-            criterion=criterion, tune_batches=tune_batches)
+            criterion=criterion, tune_batches=tune_batches, progress=lambda line: print(line, flush=True))
         return arch, scores, {"num_batches": num_batches, "seed": seed, "criterion": criterion,
                               "proj_interval": proj_interval, "tune_batches": tune_batches}
     if rule == "best_of_n":

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -140,7 +140,8 @@ def tune(model: "SearchAlgorithm", decided: dict[str, torch.Tensor], loader: Ite
 def perturbation_select(model: "SearchAlgorithm", val_batches: Iterable[Any], train_loader: Iterable[Any] | None = None,
                         proj_interval: int = 0, rng: random.Random | int | None = None,
                         num_batches: int | None = None, criterion: str = "acc",
-                        tune_batches: int | None = None) -> tuple[Arch, dict[str, Any]]:
+                        tune_batches: int | None = None,
+                        progress: Callable[[str], None] | None = None) -> tuple[Arch, dict[str, Any]]:
     """DARTS-PT selection on a trained supernet (tuning changes the model's weights and alphas).
 
     Args:
@@ -154,6 +155,7 @@ def perturbation_select(model: "SearchAlgorithm", val_batches: Iterable[Any], tr
         num_batches: how many of ``val_batches`` to measure on.
         criterion: ``acc`` or ``loss`` (``--proj_crit``).
         tune_batches: at most this many batches per tuning epoch (None: whole epochs).
+        progress: called with one line per decision and per tuning epoch (e.g. ``print``).
 
     Returns:
         The arch and the scores: per edge label, the {"acc", "loss"} with each op removed (the
@@ -250,6 +252,8 @@ def perturbation_select(model: "SearchAlgorithm", val_batches: Iterable[Any], tr
                     weights[label] = decided[label]
                     scores["ops"][label] = removed
                     scores["edge_order"].append(label)
+                    if progress:
+                        progress(f"round {round_index + 1}/{op_rounds + node_rounds}: {label} -> op {best}")
                 else:
                     if not nodes[g]:
                         continue
@@ -271,9 +275,13 @@ def perturbation_select(model: "SearchAlgorithm", val_batches: Iterable[Any], tr
                         weights[f"{node}<-{drop}"] = decided[f"{node}<-{drop}"]
                     kept_inputs[node] = inputs
                     scores["nodes"][node] = trace
+                    if progress:
+                        progress(f"round {round_index + 1}/{op_rounds + node_rounds}: {node} keeps inputs {inputs}")
             if round_index < len(gaps):
-                for _ in range(gaps[round_index]):
+                for epoch in range(gaps[round_index]):
                     tune(model, decided, train_loader, weight_optimizer, arch_optimizer, tune_batches)
+                    if progress:
+                        progress(f"  tuned epoch {epoch + 1}/{gaps[round_index]}")
     finally:
         model.train(was_training)
 
