@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ import numpy as np
 import torch
 import yaml
 
+from oneshot.files import atomic_write_json
 from supernets import Arch
 
 RULES = ("space", "best_of_n", "perturbation")
@@ -203,11 +202,7 @@ def write_record(path: Path, model, arch: Arch, rule: str, source: Path, scores:
               "rule": rule, "source": str(source), "algorithm": type(model).__name__, "scores": scores}
     if settings:
         record["settings"] = settings
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(tmp, path)  # never leave a half-written file behind
+    atomic_write_json(path, record)
 
 
 def main(argv: list[str]) -> None:

@@ -37,6 +37,7 @@ from typing import Any, Optional
 
 import yaml
 
+from oneshot.files import atomic_write_json
 STAGES = ("search", "discretize", "retrain")
 RECORD = "pipeline.json"
 
@@ -162,10 +163,7 @@ def load_record(run_dir: Path) -> dict[str, Any]:
 def save_record(run_dir: Path, record: dict[str, Any]) -> None:
     """Write ``pipeline.json`` atomically, so an interruption never leaves half a record."""
     record["updated"] = _now()
-    path = run_dir / RECORD
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
+    atomic_write_json(run_dir / RECORD, record)
 
 
 class Stages:
@@ -203,14 +201,14 @@ class Stages:
         save_record(self.run_dir, self.record)
 
 
-def _logger_args(run_dir: Path, stage: str) -> list[str]:
+def logger_arguments(run_dir: Path, stage: str) -> list[str]:
     """TensorBoardLogger arguments whose ``log_dir`` is ``run_dir/stage`` (save_dir/name/version)."""
     return ["--trainer.logger.init_args.save_dir", str(run_dir.parent),
             "--trainer.logger.init_args.name", run_dir.name,
             "--trainer.logger.init_args.version", stage]
 
 
-def _resume_args(stage_dir: Path) -> list[str]:
+def resume_arguments(stage_dir: Path) -> list[str]:
     ckpt = stage_dir / "checkpoints" / "last.ckpt"
     return ["--ckpt_path", str(ckpt)] if ckpt.is_file() else []
 
@@ -256,7 +254,7 @@ def main(argv: list[str]) -> Optional[dict[str, Any]]:
     if not stages.done("search", search_dir / "arch.json"):
         stages.start("search", settings["search"], {"path": "search"})
         config_args = [item for path in args.config for item in ("--config", path)]
-        _search([*config_args, *search_args, *_logger_args(run_dir, "search"), *_resume_args(search_dir)])
+        _search([*config_args, *search_args, *logger_arguments(run_dir, "search"), *resume_arguments(search_dir)])
         if not (search_dir / "arch.json").is_file():
             raise PipelineError(f"the search did not finish ({search_dir} has no arch.json); rerun "
                                 f"with --run-dir {run_dir} to resume it")
@@ -279,7 +277,7 @@ def main(argv: list[str]) -> Optional[dict[str, Any]]:
     check_retrain_fits(space, args.retrain, retrain_args, origin=f"{arch_path}")
     stages.start("retrain", settings["retrain"], {"path": "retrain", "arch": "arch.json"})
     _retrain(["--config", args.retrain, *retrain_args, "--arch", str(arch_path),
-              *_logger_args(run_dir, "retrain"), *_resume_args(retrain_dir)])
+              *logger_arguments(run_dir, "retrain"), *resume_arguments(retrain_dir)])
     if not result_path.is_file():
         raise PipelineError(f"the retraining did not finish ({result_path} is missing); rerun with "
                             f"--run-dir {run_dir} to resume it")

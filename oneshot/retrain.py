@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import supernets
+from oneshot.files import atomic_write_json
 from supernets import Arch, SearchSpace, count_parameters
 
 
@@ -250,10 +251,4 @@ class RetrainModule(L.LightningModule):
 
 def write_result(record: dict[str, Any], directory: str) -> str:
     """Write ``result.json`` atomically into ``directory``; returns its path."""
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, "result.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(tmp, path)
-    return path
+    return str(atomic_write_json(os.path.join(directory, "result.json"), record))

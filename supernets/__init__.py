@@ -4,7 +4,7 @@ Spaces register themselves with :func:`register`; ``names()`` lists them.
 """
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from supernets.base import Arch, SearchSpace, Supernet, count_parameters, network_cost
 

@@ -224,25 +224,34 @@ class Cell(nn.Module):
         return torch.cat([states[i] for i in self.concat], dim=1)
 
 
-class AuxiliaryHeadCIFAR(nn.Module):
-    """Auxiliary classifier on the 8x8 output of cell 2*layers//3 (model.py, weight 0.4 in train.py)."""
+class AuxiliaryHead(nn.Module):
+    """Auxiliary classifier of DARTS's evaluation networks (model.py ``AuxiliaryHead*``): ReLU,
+    5x5 average pool, 1x1 conv to 128, BN, ReLU, 2x2 conv to 768, [BN,] ReLU, linear.
 
-    def __init__(self, C: int, num_classes: int):
+    The two published heads differ only in the pool stride and the BN after the 2x2 conv.
+    """
+
+    def __init__(self, C: int, num_classes: int, pool_stride: int, bn_after_conv: bool):
         super().__init__()
-        self.features = nn.Sequential(
-            nn.ReLU(inplace=True),
-            nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),  # 8x8 -> 2x2
-            nn.Conv2d(C, 128, 1, bias=False),
-            nn.BatchNorm2d(128),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(128, 768, 2, bias=False),
-            nn.BatchNorm2d(768),
-            nn.ReLU(inplace=True),
-        )
+        layers = [nn.ReLU(inplace=True),
+                  nn.AvgPool2d(5, stride=pool_stride, padding=0, count_include_pad=False),
+                  nn.Conv2d(C, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
+                  nn.Conv2d(128, 768, 2, bias=False)]
+        if bn_after_conv:
+            layers.append(nn.BatchNorm2d(768))
+        layers.append(nn.ReLU(inplace=True))
+        self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(768, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))
+
+
+class AuxiliaryHeadCIFAR(AuxiliaryHead):
+    """On the 8x8 output of cell 2*layers//3 (model.py, weight 0.4 in train.py): 5x5/3 pool to 2x2."""
+
+    def __init__(self, C: int, num_classes: int):
+        super().__init__(C, num_classes, pool_stride=3, bn_after_conv=True)
 
 
 def stack_cells(genotype: Mapping[str, Sequence[GenotypeEntry]], C: int, layers: int, C_prev_prev: int,
@@ -309,7 +318,7 @@ class NetworkCIFAR(nn.Module):
         return run_cells(self, s0, s1)
 
 
-class AuxiliaryHeadImageNet(nn.Module):
+class AuxiliaryHeadImageNet(AuxiliaryHead):
     """Auxiliary classifier on the output of cell 2*layers//3 (model.py ``AuxiliaryHeadImageNet``).
 
     model.py's docstring says "assuming input size 14x14", but cell 2*layers//3 is the second
@@ -319,20 +328,7 @@ class AuxiliaryHeadImageNet(nn.Module):
     """
 
     def __init__(self, C: int, num_classes: int):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.ReLU(inplace=True),
-            nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False),  # 7x7 -> 2x2
-            nn.Conv2d(C, 128, 1, bias=False),
-            nn.BatchNorm2d(128),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(128, 768, 2, bias=False),  # 2x2 -> 1x1, no BN (see above)
-            nn.ReLU(inplace=True),
-        )
-        self.classifier = nn.Linear(768, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
+        super().__init__(C, num_classes, pool_stride=2, bn_after_conv=False)
 
 
 class NetworkImageNet(nn.Module):

@@ -8,7 +8,6 @@ Lightning documents for more than one optimizer (``self.automatic_optimization =
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 from typing import Any, Mapping
@@ -23,6 +22,7 @@ from torch import nn
 import supernets
 from oneshot.arch_logging import log_architecture, log_collapse
 from oneshot.diagnostics import EigenvalueEarlyStop, dominant_hessian_eigenvalue, skip_connect_count
+from oneshot.files import atomic_write_json
 from oneshot.selection import best_of_n
 from supernets import Arch
 
@@ -382,10 +382,7 @@ class SearchAlgorithm(L.LightningModule):
                 f"the local average of the dominant Hessian eigenvalue rose by more than "
                 f"{stop.factor}x; this is the architecture of epoch {stop.stop_epoch}, recorded "
                 f"before the stop at epoch {stop.epochs[-1]} (weights are the current ones)"))
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=1)
-        os.replace(tmp, path)  # never leave a half-written file behind
+        atomic_write_json(path, record)
         return path
 
     # --- checkpoints: identity of the run and exact resumption ------------------------------

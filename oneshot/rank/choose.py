@@ -32,11 +32,15 @@ if TYPE_CHECKING:
 KINDS = ("all", "sample", "stratified", "file")
 
 
+def _require_isomorphism(space: "SearchSpace") -> None:
+    if not hasattr(space, "isomorphism_key"):
+        raise ValueError(f"--deiso: the {space.name!r} space defines no isomorphism classes (nb201 does)")
+
+
 def deiso_truth(space: "SearchSpace", truth: GroundTruth) -> GroundTruth:
     """The ground truth with one entry per isomorphism class (its lowest-index member), valued
     at the class mean."""
-    if not hasattr(space, "isomorphism_key"):
-        raise ValueError(f"--deiso: the {space.name!r} space defines no isomorphism classes (nb201 does)")
+    _require_isomorphism(space)
     classes: dict[str, list[str]] = {}
     for text in truth.values:
         classes.setdefault(space.isomorphism_key(space.parse(text)), []).append(text)
@@ -51,8 +55,7 @@ def deiso_truth(space: "SearchSpace", truth: GroundTruth) -> GroundTruth:
 
 def deiso_archs(space: "SearchSpace", archs: Sequence["Arch"]) -> list["Arch"]:
     """One representative (lowest index) per isomorphism class, in first-seen order."""
-    if not hasattr(space, "isomorphism_key"):
-        raise ValueError(f"--deiso: the {space.name!r} space defines no isomorphism classes (nb201 does)")
+    _require_isomorphism(space)
     best: dict[str, "Arch"] = {}
     order: list[str] = []
     for arch in archs:

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from oneshot.files import atomic_write_text
 from oneshot.rank.metrics import _top_k, _top_k_size, format_ratio
 
 PathLike = str | os.PathLike
@@ -136,21 +137,11 @@ def _primary_score(report: Mapping[str, Any], source: Mapping[str, Any]) -> str:
     return wanted if wanted in scores else next(iter(scores))
 
 
-def _atomic_write_text(path: PathLike, text: str) -> Path:
-    """Write via ``path.tmp`` + ``os.replace`` so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 # --------------------------------------------------------------------------- JSON
 def write_json(report: Mapping[str, Any], path: PathLike) -> Path:
     """The full report as strict JSON (nan -> null), written atomically."""
     text = json.dumps(_jsonable(report), indent=1, allow_nan=False)
-    return _atomic_write_text(path, text + "\n")
+    return atomic_write_text(path, text + "\n")
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -229,7 +220,7 @@ def markdown(report: Mapping[str, Any]) -> str:
 
 def write_markdown(report: Mapping[str, Any], path: PathLike) -> Path:
     """:func:`markdown`, written atomically."""
-    return _atomic_write_text(path, markdown(report))
+    return atomic_write_text(path, markdown(report))
 
 
 # --------------------------------------------------------------------------- plot

@@ -61,7 +61,7 @@ def run_study(path: Path, out: Path | None = None) -> dict[str, Any]:
     """Search, ground truth, rank; each stage skipped or resumed when already (partly) done."""
     import supernets
     from oneshot.cli import _search
-    from oneshot.pipeline import _logger_args, _resume_args
+    from oneshot.pipeline import logger_arguments, resume_arguments
     from oneshot.rank.choose import choose_archs
     from oneshot.rank.command import main as rank_main
     from oneshot.rank.train_truth import train_ground_truth
@@ -74,7 +74,7 @@ def run_study(path: Path, out: Path | None = None) -> dict[str, Any]:
     search_dir = out / "search"
     if not (search_dir / "arch.json").is_file():
         _search(["--config", _resolve(study["search"]["config"], path), *map(str, study["search"].get("args", [])),
-                 *_logger_args(out, "search"), *_resume_args(search_dir)])
+                 *logger_arguments(out, "search"), *resume_arguments(search_dir)])
     timings["search_s"] = time.perf_counter() - started
 
     started = time.perf_counter()

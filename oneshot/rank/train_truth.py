@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from oneshot.files import atomic_write_text
 from oneshot.rank.ground_truth import GroundTruth, load_results
 
 if TYPE_CHECKING:
@@ -46,14 +47,12 @@ def arch_key(space: "SearchSpace", arch: "Arch") -> str:
 
 def write_table(truth: GroundTruth, path: Path) -> Path:
     """``arch,<column>,runs`` CSV, loadable by ``load_table`` (atomic)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["arch", truth.column, "runs"])
-        for arch, value in sorted(truth.values.items()):
-            writer.writerow([arch, repr(value), truth.counts.get(arch, 1)])
-    os.replace(tmp, path)
-    return path
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["arch", truth.column, "runs"])
+    for arch, value in sorted(truth.values.items()):
+        writer.writerow([arch, repr(value), truth.counts.get(arch, 1)])
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def train_ground_truth(space: "SearchSpace", archs: Sequence["Arch"], config: str, out: Path,
@@ -63,7 +62,7 @@ def train_ground_truth(space: "SearchSpace", archs: Sequence["Arch"], config: st
     Returns the table's path, or None when no architecture has a result yet.
     """
     from oneshot.cli import _retrain
-    from oneshot.pipeline import _logger_args, _resume_args, check_retrain_fits
+    from oneshot.pipeline import logger_arguments, resume_arguments, check_retrain_fits
 
     check_retrain_fits(space.name, config, list(retrain_args), origin="--space")
     index, count = shard
@@ -75,7 +74,7 @@ def train_ground_truth(space: "SearchSpace", archs: Sequence["Arch"], config: st
             continue
         print(f"[ground truth {index}/{count}] {number}/{len(mine)}: {space.format(arch)}", flush=True)
         _retrain(["--config", config, *retrain_args, "--arch", space.format(arch),
-                  *_logger_args(folder, key), *_resume_args(folder / key)])
+                  *logger_arguments(folder, key), *resume_arguments(folder / key)])
     if not folder.is_dir() or not any(folder.glob("*/result.json")):
         return None
     table = write_table(load_results([str(folder)], space=space.name), out / "ground_truth.csv")

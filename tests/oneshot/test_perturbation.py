@@ -76,7 +76,8 @@ def test_tuning_trains_weights_and_undecided_alphas_between_rounds(tiny, digits,
     assert len(seen) == 2 * 4 + 1  # gaps 2, 2, 2, 2, 1 after the first five rounds
     for decided, moved, weights_moved, lr in seen:
         assert weights_moved and lr == pytest.approx(tiny.hparams.learning_rate / 10)
-        assert moved and not moved & decided or not (set(tiny.alphas) - decided)
+        # no tuning follows the last decision, so some edge is always undecided here
+        assert moved and not (moved & decided)
 
 
 def _scripted_scorer(wanted, calls):

@@ -10,7 +10,7 @@ import supernets
 from ops.mixed import SampledPath
 from supernets.base import Arch, count_parameters
 from supernets.darts import (EDGE_LABELS, GENOTYPE_META, NODE_LABELS, PRIMITIVES, Cell,
-                             DartsSupernet, NetworkCIFAR, NetworkImageNet, drop_path)
+                             DartsSupernet, NetworkImageNet, drop_path)
 
 DARTS_V2_TEXT = (
     "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
