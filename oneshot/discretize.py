@@ -84,6 +84,7 @@ def load_algorithm(ckpt: Path):
     if name not in classes:
         raise ValueError(f"{ckpt}: algorithm {name!r} is unknown; accepted: {', '.join(classes)}")
     epoch = checkpoint.get("epoch")
+    optimizer_states = checkpoint.get("optimizer_states")
     del checkpoint
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:
@@ -93,6 +94,7 @@ def load_algorithm(ckpt: Path):
         np.random.set_state(states[1])
         torch.set_rng_state(states[2])
     model.checkpoint_epoch = epoch  # which point of the search these weights are (rank per epoch)
+    model.checkpoint_optimizer_states = optimizer_states  # [weight SGD, architecture Adam]: DARTS-PT tuning
     return model
 
 
@@ -130,8 +132,8 @@ def build_datamodule(run: Path, data: str | None, data_root: str | None):
 
 
 def discretize(model, rule: str = "space", datamodule=None, num_samples: int = 100,
-               num_batches: int = 1, seed: int = 0, proj_interval: int = 0, criterion: str = "acc",
-               tune_batches: int | None = None, shared_batches: bool = True) -> tuple[Arch, Any, dict[str, Any]]:
+               num_batches: int | None = None, seed: int = 0, shared_batches: bool = True,
+               fresh_arch_optimizer: bool = False, **perturbation: Any) -> tuple[Arch, Any, dict[str, Any]]:
     """The architecture ``rule`` chooses, the scores it chose by, and the rule's settings.
 
     Args:
@@ -140,13 +142,15 @@ def discretize(model, rule: str = "space", datamodule=None, num_samples: int = 1
         datamodule: validation data for ``best_of_n`` and ``perturbation`` (``val_dataloader()``;
             ``train_dataloader()`` for the tuning of ``perturbation``).
         num_samples: uniform architectures scored by ``best_of_n`` (NB201 ``--select_num 100``).
-        num_batches: validation batches each is scored on (``search_find_best``: one).
+        num_batches: validation batches each is scored on; None: ``best_of_n`` one
+            (``search_find_best``), ``perturbation`` all (DARTS-PT's ``infer`` over the queue).
         seed: seed of the uniform samples (``perturbation``: of the edge order and the tuning).
-        proj_interval: ``perturbation``: tuning epochs between rounds (0: none).
-        criterion: ``perturbation``: ``acc`` or ``loss``.
-        tune_batches: ``perturbation``: at most this many batches per tuning epoch.
         shared_batches: ``best_of_n``: every candidate on the same batches (default); False: the
             next batches per candidate, NB201's ``search_find_best`` protocol.
+        fresh_arch_optimizer: ``perturbation``: tune the alphas with a new Adam instead of the
+            search's (the checkpoint's state, which the reference keeps using).
+        perturbation: ``proj_interval``, ``criterion``, ``tune_batches``, ``none_candidate``
+            of :func:`oneshot.perturbation.perturbation_select`.
 
     Returns:
         The arch; the scores: for ``space`` the per-edge weights ``arch_weights()`` it was read
@@ -177,15 +181,20 @@ def discretize(model, rule: str = "space", datamodule=None, num_samples: int = 1
         if not model.differentiable:
             raise ValueError(f"--rule perturbation needs architecture weights; {type(model).__name__} "
                              "has none: use --rule best_of_n")
+        options = {"proj_interval": 0, "criterion": "acc", "tune_batches": None, "none_candidate": False,
+                   **perturbation}
+        states = getattr(model, "checkpoint_optimizer_states", None) or []
+        arch_state = None if fresh_arch_optimizer or len(states) < 2 else states[1]
         torch.manual_seed(seed)  # the tuning's data order
         arch, scores = perturbation_select(
             model, datamodule.val_dataloader(),
-            train_loader=datamodule.train_dataloader() if proj_interval else None,
-            proj_interval=proj_interval, rng=random.Random(seed), num_batches=num_batches,
-            criterion=criterion, tune_batches=tune_batches, progress=lambda line: print(line, flush=True))
-        return arch, scores, {"num_batches": num_batches, "seed": seed, "criterion": criterion,
-                              "proj_interval": proj_interval, "tune_batches": tune_batches}
+            train_loader=datamodule.train_dataloader() if options["proj_interval"] else None,
+            rng=random.Random(seed), num_batches=num_batches, arch_optimizer_state=arch_state,
+            progress=lambda line: print(line, flush=True), **options)
+        return arch, scores, {"num_batches": num_batches, "seed": seed, **options,
+                              "arch_optimizer": "fresh" if arch_state is None else "the search's"}
     if rule == "best_of_n":
+        num_batches = 1 if num_batches is None else num_batches
         arch, scores = best_of_n(model, datamodule.val_dataloader(), num_samples, num_batches,
                                  rng=random.Random(seed), shared_batches=shared_batches)
         settings = {"num_samples": len(scores), "num_batches": num_batches, "seed": seed}
@@ -219,9 +228,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--out", help="output JSON (default: RUN/arch_<rule>.json)")
     parser.add_argument("--samples", type=int, default=100,
                         help="best_of_n: architectures to score (NB201 RANDOM-NAS --select_num 100)")
-    parser.add_argument("--batches", type=int, default=1,
-                        help="best_of_n: validation batches per architecture (NB201: 1); "
-                             "perturbation: validation batches per measurement")
+    parser.add_argument("--batches", type=int, default=None,
+                        help="best_of_n: validation batches per architecture (default 1, NB201); "
+                             "perturbation: validation batches per measurement (default: all, DARTS-PT)")
     parser.add_argument("--next-batches", action="store_true",
                         help="best_of_n: score each candidate on the next batches, ties to the first "
                              "(NB201 search_find_best); default: all on the same batches, ties by loss")
@@ -235,11 +244,17 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--criterion", choices=("acc", "loss"), default="acc",
                         help="perturbation: keep the op whose removal lowers validation accuracy most "
                              "(acc, published) or raises the loss most (loss)")
+    parser.add_argument("--none-candidate", action="store_true",
+                        help="perturbation, darts space: let `none` win an edge as DARTS-PT does (the "
+                             "genotype then shows the first other op); default: never")
+    parser.add_argument("--fresh-arch-optimizer", action="store_true",
+                        help="perturbation: tune alphas with a new Adam (default: the search's state, "
+                             "as DARTS-PT keeps its architect)")
     parser.add_argument("--data", default=None,
                         help="best_of_n, perturbation: data module name (default: the run's config.yaml, else digits)")
     parser.add_argument("--data-root", default=None, help="best_of_n, perturbation: folder of the data set")
     args = parser.parse_args(argv)
-    if args.samples < 1 or args.batches < 1:
+    if args.samples < 1 or (args.batches is not None and args.batches < 1):
         raise ValueError(f"--samples {args.samples} --batches {args.batches}: both must be at least 1")
     if args.proj_intv < 0 or (args.tune_batches is not None and args.tune_batches < 1):
         raise ValueError(f"--proj-intv {args.proj_intv} --tune-batches {args.tune_batches}: "
@@ -250,9 +265,12 @@ def main(argv: list[str]) -> None:
     datamodule, data_source = None, None
     if args.rule in ("best_of_n", "perturbation"):
         datamodule, data_source = build_datamodule(run, args.data, args.data_root)
+    perturbation = ({"proj_interval": args.proj_intv, "criterion": args.criterion,
+                     "tune_batches": args.tune_batches, "none_candidate": args.none_candidate}
+                    if args.rule == "perturbation" else {})
     arch, scores, settings = discretize(model, args.rule, datamodule, args.samples, args.batches, args.seed,
-                                       args.proj_intv, args.criterion, args.tune_batches,
-                                       shared_batches=not args.next_batches)
+                                       shared_batches=not args.next_batches,
+                                       fresh_arch_optimizer=args.fresh_arch_optimizer, **perturbation)
     if data_source is not None:
         settings["data"] = data_source
     out = Path(args.out) if args.out else run / f"arch_{args.rule}.json"

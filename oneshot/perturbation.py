@@ -38,12 +38,17 @@ Where this module differs:
 
 * the epoch(s) the reference trains after its last projection are skipped: they cannot change
   the architecture;
-* the Adam optimizer of the architecture parameters starts fresh (the reference keeps the
-  search's ``architect.optimizer`` state); ``tune_batches`` can shorten each tuning epoch;
-* DARTS space: ``none`` is not a candidate of the op selection (a genotype cannot hold it), so
-  each edge is fixed to one of the seven other ops;
-* every measurement uses the same fixed ``val_batches`` (the reference iterates its shuffled
-  validation queue each time).
+* the architecture optimizer continues the search's Adam state when ``arch_optimizer_state``
+  is given (``oneshot discretize`` passes the checkpoint's, as the reference keeps its
+  ``architect.optimizer``); without it a fresh Adam with the search's settings is used;
+  ``tune_batches`` can shorten each tuning epoch;
+* DARTS space: by default ``none`` is not a candidate of the op selection (a genotype cannot
+  hold it), so each edge is fixed to one of the seven other ops. ``none_candidate=True`` is the
+  reference: ``none`` may win an edge, and the genotype then reads that edge the way DARTS's
+  ``genotype()`` parses it, as the first other op (all its weights are 0 there);
+* every measurement uses the same fixed ``val_batches``, by default the whole validation set
+  as the reference's ``infer`` (which reshuffles its queue each time; with BatchNorm in train
+  mode the batch composition changes the result slightly).
 """
 from __future__ import annotations
 
@@ -140,7 +145,8 @@ def tune(model: "SearchAlgorithm", decided: dict[str, torch.Tensor], loader: Ite
 def perturbation_select(model: "SearchAlgorithm", val_batches: Iterable[Any], train_loader: Iterable[Any] | None = None,
                         proj_interval: int = 0, rng: random.Random | int | None = None,
                         num_batches: int | None = None, criterion: str = "acc",
-                        tune_batches: int | None = None,
+                        tune_batches: int | None = None, none_candidate: bool = False,
+                        arch_optimizer_state: dict[str, Any] | None = None,
                         progress: Callable[[str], None] | None = None) -> tuple[Arch, dict[str, Any]]:
     """DARTS-PT selection on a trained supernet (tuning changes the model's weights and alphas).
 
@@ -155,6 +161,8 @@ def perturbation_select(model: "SearchAlgorithm", val_batches: Iterable[Any], tr
         num_batches: how many of ``val_batches`` to measure on.
         criterion: ``acc`` or ``loss`` (``--proj_crit``).
         tune_batches: at most this many batches per tuning epoch (None: whole epochs).
+        none_candidate: DARTS space: ``none`` may win an edge, as in the reference.
+        arch_optimizer_state: the search's architecture Adam ``state_dict`` to continue tuning with.
         progress: called with one line per decision and per tuning epoch (e.g. ``print``).
 
     Returns:
@@ -196,7 +204,7 @@ def perturbation_select(model: "SearchAlgorithm", val_batches: Iterable[Any], tr
     nodes: dict[str, list[str]] = {}
     if space == "darts":
         from supernets.darts import NONE_INDEX, NODE_LABELS
-        excluded = {NONE_INDEX}
+        excluded = set() if none_candidate else {NONE_INDEX}
         nodes = {g: [n for n in NODE_LABELS if n.startswith(g)] for g in groups}
     op_rounds = max(len(v) for v in undecided.values())
     node_rounds = max((len(v) for v in nodes.values()), default=0)
@@ -210,6 +218,12 @@ def perturbation_select(model: "SearchAlgorithm", val_batches: Iterable[Any], tr
                                            momentum=h.momentum, weight_decay=h.weight_decay)
         arch_optimizer = torch.optim.Adam(model.architecture_parameters(), lr=h.arch_learning_rate,
                                           betas=tuple(h.arch_betas), weight_decay=h.arch_weight_decay)
+        if arch_optimizer_state is not None:
+            try:
+                arch_optimizer.load_state_dict(arch_optimizer_state)
+            except (ValueError, KeyError) as error:
+                raise ValueError(f"the search's architecture optimizer state does not fit this model "
+                                 f"({error}); pass --fresh-arch-optimizer") from None
 
     decided: dict[str, torch.Tensor] = {}
     kept_inputs: dict[str, list[int]] = {}
@@ -288,6 +302,9 @@ def perturbation_select(model: "SearchAlgorithm", val_batches: Iterable[Any], tr
     final = current()
 
     def op_of(label: str) -> int:
+        if space == "darts":  # DARTS's genotype(): the strongest op but `none`, first on ties
+            return max((k for k in range(len(final[label])) if k != NONE_INDEX),
+                       key=lambda k: (float(final[label][k]), -k))
         return int(final[label].argmax())
 
     if space == "nb201":

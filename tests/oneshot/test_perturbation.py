@@ -136,6 +136,46 @@ def test_darts_space_keeps_the_two_inputs_whose_removal_hurts_most(monkeypatch):
     assert space.format(arch).startswith("Genotype(")
 
 
+def test_none_candidate_lets_none_win_and_the_genotype_reads_it_as_darts_does(monkeypatch):
+    torch.manual_seed(0)
+    model = DartsSearch(space="darts", space_options={"C": 4, "layers": 3}, num_classes=10, in_channels=1)
+
+    def scorer(model, weights, batches):  # removing `none` hurts on every edge
+        return {"acc": 0.5 if any(float(w[0]) == 0.0 for w in weights.values() if w.sum() > 0) else 0.9,
+                "loss": 1.0}
+
+    monkeypatch.setattr(perturbation, "masked_scores", scorer)
+    arch, scores = perturbation_select(model, [(torch.zeros(1), torch.zeros(1))], rng=0, none_candidate=True)
+    assert all(scores["ops"][label][0] is not None for label in model.alphas)  # `none` was measured
+    # every edge is one-hot on `none`; DARTS's genotype() shows the first other op, max_pool_3x3
+    assert all(op == 1 for node in arch for op, _ in arch[node])
+    _, default_scores = perturbation_select(model, [(torch.zeros(1), torch.zeros(1))], rng=0)
+    assert default_scores["ops"]["normal/2<-0"][0] is None  # by default `none` is no candidate
+
+
+def test_tuning_continues_the_searchs_architecture_optimizer(tiny, digits, monkeypatch):
+    trained = torch.optim.Adam(tiny.architecture_parameters(), lr=3e-4, betas=(0.5, 0.999))
+    for _ in range(3):  # a search state: three steps taken
+        trained.zero_grad()
+        sum(a.sum() for a in tiny.alphas.values()).backward()
+        trained.step()
+    steps_seen = []
+    real_tune = perturbation.tune
+
+    def spy(model, decided, loader, weight_optimizer, arch_optimizer, max_batches=None):
+        steps_seen.append(float(arch_optimizer.state_dict()["state"][0]["step"]))
+        real_tune(model, decided, loader, weight_optimizer, arch_optimizer, max_batches)
+
+    monkeypatch.setattr(perturbation, "tune", spy)
+    perturbation_select(tiny, digits.val_dataloader(), train_loader=digits.train_dataloader(), proj_interval=1,
+                        rng=0, num_batches=1, tune_batches=1, arch_optimizer_state=trained.state_dict())
+    assert steps_seen[:2] == [3.0, 4.0]  # the search's count, then one alpha step per tuning batch
+    wrong = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))]).state_dict()
+    with pytest.raises(ValueError, match="--fresh-arch-optimizer"):
+        perturbation_select(tiny, digits.val_dataloader(), train_loader=digits.train_dataloader(),
+                            proj_interval=1, num_batches=1, arch_optimizer_state=wrong)
+
+
 def test_the_same_seed_gives_the_same_selection(tiny, digits):
     first = perturbation_select(tiny, digits.val_dataloader(), rng=7, num_batches=1)
     again = perturbation_select(tiny, digits.val_dataloader(), rng=7, num_batches=1)
@@ -172,7 +212,8 @@ def test_discretize_rule_perturbation_writes_a_loadable_arch(tmp_path):
     arch = supernets.get("nb201").load(str(path))
     assert record["rule"] == "perturbation"
     assert record["settings"] == {"num_batches": 1, "seed": 2, "criterion": "acc", "proj_interval": 1,
-                                  "tune_batches": 1, "data": "digits"}
+                                  "tune_batches": 1, "none_candidate": False,
+                                  "arch_optimizer": "the search's", "data": "digits"}
     assert set(record["scores"]["ops"]) == set(model.alphas)
     assert record["scores"]["tuning_epochs"] == [1] * 5
     for label, removed in record["scores"]["ops"].items():
