@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "of `oneshot retrain` result.json files, or nb201-api:PATH")
     parser.add_argument("--ground-truth-column", default=None,
                         help="the table's value column (NB201 CSV: cifar10_test_acc or cifar10_valid_acc)")
+    parser.add_argument("--benchmark-dataset", default=None,
+                        help="nb201-api ground truth: cifar10 | cifar10-valid | cifar100 | ImageNet16-120")
+    parser.add_argument("--benchmark-hp", default=None, help="nb201-api ground truth: 12 or 200 epochs")
     parser.add_argument("--archs", default="sample:100",
                         help="all | sample:N | stratified:N | file:PATH (default sample:100)")
     parser.add_argument("--deiso", action="store_true",
@@ -110,21 +113,23 @@ def expand_sources(sources: Sequence[str], all_checkpoints: bool) -> list[Path]:
 
 
 # -- scoring ---------------------------------------------------------------------------------------
-def supernet_sources(args: argparse.Namespace, archs: list, space_name: str | None) -> tuple[list[dict], dict]:
-    """Score ``archs`` with each checkpoint; returns the sources and the protocol entries."""
+def supernet_sources(args: argparse.Namespace, archs: list, checkpoints: list[Path],
+                     first_model: Any) -> tuple[list[dict], dict]:
+    """Score ``archs`` with each checkpoint (the first already loaded); returns the sources and the
+    protocol entries."""
     from tqdm.auto import tqdm
 
     from oneshot.discretize import build_datamodule, load_algorithm, run_directory
 
-    checkpoints = expand_sources(args.sources, args.all_checkpoints)
+    space_name = first_model.space.name
     datamodule, data_source = build_datamodule(run_directory(checkpoints[0]), args.data, args.data_root)
     val_batches = fixed_batches(datamodule.arch_eval_set, args.val_images, args.batch_size, args.seed)
     bn_batches = (fixed_batches(datamodule.weight_set, args.bn_images, args.bn_batch_size, args.seed + 1)
                   if args.bn == "recalibrate" else [])
     sources, seen_epochs = [], {}
-    for ckpt in checkpoints:
-        model = load_algorithm(ckpt)
-        if space_name is not None and model.space.name != space_name:
+    for i, ckpt in enumerate(checkpoints):
+        model = first_model if i == 0 else load_algorithm(ckpt)
+        if model.space.name != space_name:
             raise ValueError(f"{ckpt}: a {model.space.name!r} supernet, but the others are {space_name!r}")
         epoch = getattr(model, "checkpoint_epoch", None)
         run = run_directory(ckpt)
@@ -198,16 +203,21 @@ def main(argv: list[str]) -> dict[str, Any] | None:
         raise ValueError("give --ground-truth TABLE (or --train-ground-truth to build one)")
     if bool(args.sources) == bool(args.scores):
         raise ValueError("give either search runs/checkpoints (RUN_OR_CKPT) or --scores TABLE, not both or neither")
+    checkpoints, first_model = [], None
     if args.scores:
         if not args.space:
             raise ValueError("--scores needs --space (the space its arch strings belong to)")
         space_name = args.space
     else:
         from oneshot.discretize import load_algorithm
-        first = expand_sources(args.sources[:1], False)[0]
-        space_name = args.space or load_algorithm(first).space.name
+        checkpoints = expand_sources(args.sources, args.all_checkpoints)
+        first_model = load_algorithm(checkpoints[0])
+        space_name = first_model.space.name
+        if args.space and args.space != space_name:
+            raise ValueError(f"--space {args.space}, but {checkpoints[0]} is a {space_name!r} supernet")
     space = supernets.get(space_name)
-    truth = load_ground_truth(args.ground_truth, space, column=args.ground_truth_column)
+    api_options = {k: v for k, v in (("dataset", args.benchmark_dataset), ("hp", args.benchmark_hp)) if v}
+    truth = load_ground_truth(args.ground_truth, space, column=args.ground_truth_column, **api_options)
     if args.deiso:
         truth = deiso_truth(space, truth)
     archs = choose_archs(space, args.archs, truth, args.seed, args.deiso)
@@ -216,7 +226,7 @@ def main(argv: list[str]) -> dict[str, Any] | None:
         sources, protocol = score_table_sources(args, space, archs)
         score = protocol["score_column"]
     else:
-        sources, protocol = supernet_sources(args, archs, space_name)
+        sources, protocol = supernet_sources(args, archs, checkpoints, first_model)
         score = args.score
     protocol = {**protocol, "score": score, "space": space_name, "archs": args.archs, "n": len(archs),
                 "deiso": args.deiso, "seed": args.seed, "ground_truth": truth.describe(),
@@ -224,7 +234,7 @@ def main(argv: list[str]) -> dict[str, Any] | None:
                 "population": "every architecture of the ground truth (the baseline's distribution)"}
     report = build_report(args, space, archs, truth_values, list(truth.values.values()), sources, protocol)
     from oneshot.discretize import run_directory
-    default = run_directory(expand_sources(args.sources[:1], False)[0]) / "rank" if args.sources else Path("runs/rank")
+    default = run_directory(checkpoints[0]) / "rank" if checkpoints else Path("runs/rank")
     paths = write_report(report, Path(args.out) if args.out else default, top_ratio=args.top_ratio)
     head = report["sources"][0]["metrics"]
     print(f"{len(archs)} architectures, {len(sources)} source(s), BN {protocol['bn_mode']}: "
@@ -235,8 +245,3 @@ def main(argv: list[str]) -> dict[str, Any] | None:
         print(f"Kendall tau over {len(sources)} sources: {tau['mean']:.3f} ± {tau['std']:.3f}")
     print(f"report: {paths['markdown']} (also {paths['json'].name}, {paths['plot'].name}, tensorboard/)")
     return report
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import sys
-    main(sys.argv[1:])

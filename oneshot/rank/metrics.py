@@ -59,14 +59,14 @@ def _pair(scores: ArrayLike, truth: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     return s, t
 
 
-def _top_k_size(n: int, ratio: float) -> int:
+def top_k_size(n: int, ratio: float) -> int:
     """K for a ratio of N; the 1e-9 keeps 0.29 * 100 = 28.999... from flooring to 28."""
     if not 0 < ratio <= 1:
         raise ValueError(f"ratio must be in (0, 1], got {ratio}")
     return max(1, math.floor(ratio * n + 1e-9))
 
 
-def _top_k(values: np.ndarray, k: int) -> np.ndarray:
+def top_k_indices(values: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k highest values, ties to the lower index."""
     return np.argsort(-values, kind="stable")[:k]
 
@@ -115,24 +115,24 @@ def pearson(scores: ArrayLike, truth: ArrayLike) -> float:
 def precision_at_k(scores: ArrayLike, truth: ArrayLike, ratio: float) -> float:
     """|predicted top-K ∩ true top-K| / K: does the supernet find the truly best ones?"""
     s, t = _pair(scores, truth)
-    k = _top_k_size(len(s), ratio)
-    return len(set(_top_k(s, k).tolist()) & set(_top_k(t, k).tolist())) / k
+    k = top_k_size(len(s), ratio)
+    return len(set(top_k_indices(s, k).tolist()) & set(top_k_indices(t, k).tolist())) / k
 
 
 def kendall_in_top_k(scores: ArrayLike, truth: ArrayLike, ratio: float) -> float:
     """Kendall tau-b among the predicted top-K only; nan when K < 2 or a side is constant."""
     s, t = _pair(scores, truth)
-    k = _top_k_size(len(s), ratio)
+    k = top_k_size(len(s), ratio)
     if k < 2:
         return float("nan")
-    idx = _top_k(s, k)
+    idx = top_k_indices(s, k)
     return _tau_b(s[idx], t[idx])
 
 
 def _true_ranks_of_top_k(s: np.ndarray, t: np.ndarray, ratio: float) -> np.ndarray:
     """1-based true ranks (1 = best, ties share the best rank) of the predicted top-K."""
     ranks = stats.rankdata(-t, method="min")
-    return ranks[_top_k(s, _top_k_size(len(s), ratio))]
+    return ranks[top_k_indices(s, top_k_size(len(s), ratio))]
 
 
 def best_rank_at_k(scores: ArrayLike, truth: ArrayLike, ratio: float) -> float:

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from oneshot.files import atomic_write_text
-from oneshot.rank.metrics import _top_k, _top_k_size, format_ratio
+from oneshot.rank.metrics import top_k_indices, top_k_size, format_ratio
 
 PathLike = str | os.PathLike
 
@@ -238,12 +238,12 @@ def plot_scatter(report: Mapping[str, Any], path: PathLike, top_ratio: float = 0
     if not sources:
         raise ValueError("report has no sources to plot")
     truth = np.asarray(report["truth"], dtype=float)
-    k = _top_k_size(len(truth), top_ratio)
+    k = top_k_size(len(truth), top_ratio)
     pct = format_ratio(top_ratio)
     protocol = report.get("protocol", {})
     column = (protocol.get("ground_truth") or {}).get("column", "truth")
     scorer = "scores" if protocol.get("scorer") == "scores" else "supernet"
-    true_top = _top_k(truth, k)
+    true_top = top_k_indices(truth, k)
 
     ncols = min(3, len(sources))
     nrows = math.ceil(len(sources) / ncols)
@@ -253,7 +253,7 @@ def plot_scatter(report: Mapping[str, Any], path: PathLike, top_ratio: float = 0
             key = _primary_score(report, source)
             x = np.asarray(source["scores"][key], dtype=float)
             order = -x if key in LOWER_IS_BETTER else x
-            pred_top = _top_k(order, k)
+            pred_top = top_k_indices(order, k)
             ax.scatter(x, truth, s=12, c="tab:gray", alpha=0.6, label="architectures")
             ax.scatter(x[pred_top], truth[pred_top], s=36, c="tab:red", marker="^",
                        label=f"predicted top {pct}", zorder=3)

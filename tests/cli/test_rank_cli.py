@@ -177,3 +177,12 @@ def test_a_whole_study_from_one_file_and_its_errors(tmp_path, monkeypatch):
     broken.write_text("search: {config: x.yaml}\nrank: {}\nextra: 1\n")
     with pytest.raises(ValueError, match="unknown: extra; missing: ground_truth"):
         rank_main(["--study", str(broken)])
+
+
+def test_options_that_do_not_fit_are_refused_before_scoring(run, space, tmp_path, capsys):
+    truth = _table(tmp_path / "truth.csv", space, INDICES, lambda i: 70.0 + i % 5)
+    for extra, message in ((["--benchmark-dataset", "cifar100"], "only apply to the NAS-Bench-201 API"),
+                           (["--space", "darts"], "is a 'nb201' supernet")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["rank", str(run), "--ground-truth", str(truth), "--archs", "all", *extra, *SMALL])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
