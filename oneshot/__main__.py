@@ -1,3 +1,3 @@
-from oneshot.cli import main
+from oneshot.commands import main
 
 main()

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import torch
 
 from supernets import Arch, SearchSpace
+from supernets.labels import cell_of
 
 
 def edge_entropy(weights: torch.Tensor) -> float:
@@ -23,7 +24,7 @@ def edge_entropy(weights: torch.Tensor) -> float:
 
 
 def cell_heatmaps(weights: Mapping[str, torch.Tensor], candidates: Mapping[str, tuple[str, ...]]):
-    """One matplotlib figure per cell type ('' for single-type spaces like NB201)."""
+    """One matplotlib figure per cell type (``cell`` for single-type spaces like NB201)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -31,7 +32,7 @@ def cell_heatmaps(weights: Mapping[str, torch.Tensor], candidates: Mapping[str, 
 
     groups: dict[str, list[str]] = defaultdict(list)
     for label in weights:
-        groups[label.rsplit("/", 1)[0] if "/" in label else ""].append(label)
+        groups[cell_of(label)].append(label)
     figures = {}
     for cell_type, labels in groups.items():
         matrix = torch.stack([weights[k].detach().float().cpu() for k in labels]).numpy()
@@ -41,10 +42,10 @@ def cell_heatmaps(weights: Mapping[str, torch.Tensor], candidates: Mapping[str, 
                           aspect="auto")
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(len(labels)), [k.rsplit("/", 1)[-1] for k in labels], fontsize=7)
-        ax.set_title(f"{cell_type or 'cell'}: p(candidate | edge)", fontsize=8)
+        ax.set_title(f"{cell_type}: p(candidate | edge)", fontsize=8)
         fig.colorbar(image, ax=ax)
         fig.tight_layout()
-        figures[cell_type or "cell"] = fig
+        figures[cell_type] = fig
     return figures
 
 

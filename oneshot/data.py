@@ -13,6 +13,7 @@ D-X-Y/AutoDL-Projects (``xautodl/datasets/get_dataset_with_transform.py``,
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
+import yaml
 
 Transform = Callable[[Any], Any] | None
 
@@ -533,3 +535,34 @@ DATAMODULES: dict[str, type[ImageDataModule]] = {
     "imagenet16-120": ImageNet16DataModule,
     "imagenet": ImageNetDataModule,
 }
+
+
+def datamodule_from_run(run: Path, data: str | None = None, data_root: str | None = None):
+    """The validation data to score on: ``--data NAME``, else the run's ``config.yaml``, else digits.
+
+    Returns:
+        The data module, set up for fitting, and a short description of where it came from.
+    """
+    config = run / "config.yaml"
+    if data is None and config.is_file():
+        with open(config) as f:
+            section = (yaml.safe_load(f) or {}).get("data") or {}
+        class_path = section.get("class_path")
+        if not class_path:
+            raise ValueError(f"{config}: no data.class_path; pass --data {{{','.join(DATAMODULES)}}}")
+        module_name, _, class_name = class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        init_args = dict(section.get("init_args") or {})
+        if data_root is not None:
+            init_args["root"] = data_root
+        source = f"{class_path} from {config}"
+    else:
+        name = data or "digits"
+        if name not in DATAMODULES:
+            raise ValueError(f"--data {name!r}: unknown data set; accepted: {', '.join(DATAMODULES)}")
+        cls = DATAMODULES[name]
+        init_args = {} if data_root is None else {"root": data_root}
+        source = name
+    datamodule = cls(**init_args)
+    datamodule.setup("fit")
+    return datamodule, source

@@ -27,13 +27,9 @@ import torch
 
 import supernets
 from supernets import Arch, SearchSpace
+from supernets.labels import cell_of
 
 SKIP = "skip_connect"  # the name of the identity candidate in both NB201 and DARTS
-
-
-def cell_type_of(label: str) -> str:
-    """``normal/3`` -> ``normal``; a label without a cell prefix (NB201 ``1<-0``) -> ``cell``."""
-    return label.rsplit("/", 1)[0] if "/" in label else "cell"
 
 
 def _op_indices(choice: Any) -> list[int]:
@@ -68,7 +64,7 @@ def skip_connect_count(arch: Arch, space: SearchSpace | str) -> dict[str, int]:
                          f"{', '.join(primitives) or 'none declared'})")
     counts: dict[str, int] = {}
     for label, choice in arch.items():
-        cell_type = cell_type_of(label)
+        cell_type = cell_of(label)
         counts[cell_type] = counts.get(cell_type, 0) + sum(
             primitives[op] == SKIP for op in _op_indices(choice))
     return counts

@@ -9,26 +9,22 @@ import csv
 import sys
 from typing import Any
 
+import supernets
 from supernets import Arch, SearchSpace
 
 
 def resolve_arch(space: SearchSpace, arch: str | None = None, genotype: str | None = None,
                  index: int | None = None) -> Arch:
-    """An Arch from exactly one of: a string/JSON/file, a published name, a benchmark index."""
+    """An Arch of ``space`` from exactly one of: a string/JSON/file, a published name, an index."""
     if genotype is not None:
         published = getattr(space, "genotypes", {})
         if genotype not in published:
             hint = "; published names belong to the darts space (--space darts)" if not published else ""
             raise ValueError(f"unknown genotype {genotype!r} for space {space.name!r}; accepted: "
                              f"{', '.join(published) or 'none'}{hint}")
-        return published[genotype]
-    if index is not None:
-        if not hasattr(space, "from_index"):
-            raise ValueError(f"space {space.name!r} has no benchmark index; use --arch")
-        return space.from_index(index)
-    if arch is None:
+    if arch is None and genotype is None and index is None:
         raise ValueError("give one of --arch, --genotype or --index")
-    return space.load(arch)
+    return supernets.resolve_arch(genotype or arch, space, index)[1]
 
 
 def describe(space: SearchSpace, arch: str | None = None, genotype: str | None = None,

@@ -14,7 +14,6 @@ and writes ``result.json`` (see :func:`write_result`), which later tools read.
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from typing import Any
 
@@ -24,53 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import supernets
+from oneshot.checkpoints import capture_random_state, check_checkpoint_identity, restore_random_state
 from oneshot.files import atomic_write_json
-from supernets import Arch, SearchSpace, count_parameters
-
-
-def resolve_arch(arch: str, space: str | None = None) -> tuple[SearchSpace, Arch]:
-    """The space and Arch named by ``arch``: a published genotype name (``DARTS_V2``), a canonical
-    string, a JSON object, or an ``arch.json`` path.
-
-    Without ``space``, it is read from the JSON's ``"space"``, from the genotype tables, or from
-    the string's form (``Genotype(...)`` is DARTS, ``|op~0|+...`` is NAS-Bench-201).
-    """
-    text = arch.strip()
-    if not text:
-        raise ValueError("arch is empty; pass a canonical string, JSON, an arch.json path or a "
-                         "published genotype name such as DARTS_V2")
-    published = {name: s for s in supernets.names()
-                 for name in getattr(supernets.get(s), "genotypes", {})}
-    if text in published:
-        if space is not None and space != published[text]:
-            raise ValueError(f"genotype {text!r} belongs to space {published[text]!r}, not {space!r}")
-        chosen = supernets.get(published[text])
-        return chosen, chosen.genotypes[text]  # type: ignore[attr-defined]
-    if space is None:
-        space = _infer_space(text)
-    chosen = supernets.get(space)
-    return chosen, chosen.load(text)
-
-
-def _infer_space(text: str) -> str:
-    body = text
-    if not text.startswith(("{", "|", "Genotype")) and text.endswith(".json"):
-        if not os.path.isfile(text):
-            raise FileNotFoundError(f"arch file {text} does not exist")
-        with open(text) as f:
-            body = f.read().strip()
-    if body.startswith("{"):
-        data = json.loads(body)
-        if "space" in data:
-            return str(data["space"])
-        raise ValueError(f"arch JSON {text[:60]!r} has no 'space' key; pass space= explicitly")
-    if body.startswith("Genotype("):
-        return "darts"
-    if "|" in body:
-        return "nb201"
-    raise ValueError(f"cannot tell the space of arch {text[:60]!r}: expected 'Genotype(...)' (darts), "
-                     f"'|op~0|+...' (nb201), JSON with a 'space' key, an arch.json path, or a "
-                     f"published genotype name; or pass space= (one of {', '.join(supernets.names())})")
+from supernets import count_parameters
 
 
 class RetrainModule(L.LightningModule):
@@ -110,7 +65,7 @@ class RetrainModule(L.LightningModule):
                  lr_schedule: str = "cosine", lr_gamma: float = 0.97) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.space, self.arch = resolve_arch(arch, space)
+        self.space, self.arch = supernets.resolve_arch(arch, space)
         self.network_options = dict(network_options or {})
         accepted = [p for p in inspect.signature(self.space.build_network).parameters
                     if p not in ("self", "arch", "num_classes", "in_channels")]
@@ -226,11 +181,20 @@ class RetrainModule(L.LightningModule):
                                 gradient_clip_algorithm="norm")
 
     # -- resumption ----------------------------------------------------------------------------
+    def checkpoint_identity(self) -> dict[str, Any]:
+        return {"space": self.space.name, "algorithm": type(self).__name__,
+                "arch": self.space.format(self.arch)}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["oneshot"] = self.checkpoint_identity()
         checkpoint["test_acc_history"] = list(self.test_acc_history)
+        checkpoint["rng_states"] = capture_random_state()  # drop path, cutout and the loader continue alike
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "oneshot" in checkpoint:  # retrain checkpoints before 0.2 have no identity
+            check_checkpoint_identity(checkpoint, self.checkpoint_identity())
         self.test_acc_history = list(checkpoint.get("test_acc_history", []))
+        restore_random_state(checkpoint.get("rng_states"))
 
     # -- result --------------------------------------------------------------------------------
     def result(self, seed: int | None) -> dict[str, Any]:

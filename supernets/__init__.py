@@ -1,39 +1,14 @@
 """Search spaces: ``supernets.get(name)`` returns a :class:`SearchSpace`.
 
-Spaces register themselves with :func:`register`; ``names()`` lists them.
+Spaces register themselves with :func:`register`; ``names()`` lists them;
+:func:`resolve_arch` reads an architecture however a user names it.
 """
 from __future__ import annotations
 
-from typing import TypeVar
-
+from supernets import darts, nb201  # noqa: F401  (registration)
 from supernets.base import Arch, SearchSpace, Supernet, count_parameters, network_cost
-
-_SPACES: dict[str, SearchSpace] = {}
-S = TypeVar("S", bound=type)
-
-
-def register(cls: S) -> S:
-    """Class decorator: file one instance of a SearchSpace under ``cls.name``; duplicates raise."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in _SPACES:
-        raise ValueError(f"search space {cls.name!r} is registered twice")
-    _SPACES[cls.name] = cls()
-    return cls
-
-
-def get(name: str) -> SearchSpace:
-    """The registered space ``name``; KeyError listing the accepted names otherwise."""
-    if name not in _SPACES:
-        raise KeyError(f"unknown search space {name!r}; accepted: {', '.join(sorted(_SPACES))}")
-    return _SPACES[name]
-
-
-def names() -> list[str]:
-    return sorted(_SPACES)
-
-
-from supernets import darts, nb201  # noqa: E402  (registration)
+from supernets.registry import get, names, register
+from supernets.sources import resolve_arch
 
 __all__ = ["Arch", "SearchSpace", "Supernet", "count_parameters", "network_cost", "get", "names",
-           "register"]
+           "register", "resolve_arch"]

@@ -13,8 +13,11 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from supernets.labels import is_edge
 
 Choice = Any  # int, or a (nested) tuple of ints
 
@@ -84,6 +87,22 @@ class Arch(Mapping):
         return cls(data["space"], data["choices"])
 
 
+def read_arch_text(text_or_path: str) -> str:
+    """The text of an architecture: the string itself, or the contents of an ``.json`` file.
+
+    Raises:
+        FileNotFoundError: a ``.json`` path that does not exist.
+    """
+    text = text_or_path.strip()
+    if not text.startswith(("{", "|", "Genotype")) and text.endswith(".json"):
+        try:
+            with open(text) as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"arch file {text} does not exist") from None
+    return text
+
+
 class SearchSpace(ABC):
     """What a search space offers; one subclass per space, registered in ``supernets``.
 
@@ -112,11 +131,8 @@ class SearchSpace(ABC):
 
     def load(self, text_or_path: str) -> Arch:
         """An arch from a canonical string, a JSON string or an ``arch.json`` file."""
-        text = text_or_path.strip()
-        if not text.startswith(("{", "|", "Genotype")) and text.endswith(".json"):
-            with open(text) as f:
-                text = f.read()
-        if text.lstrip().startswith("{"):
+        text = read_arch_text(text_or_path)
+        if text.startswith("{"):
             data = json.loads(text)
             data = data.get("arch", data) if "choices" not in data else data
             return self.check(Arch.from_json(data))
@@ -170,18 +186,43 @@ class SearchSpace(ABC):
 
 
 class Supernet(nn.Module):
-    """A supernet: ``edges`` maps each relaxation label to its candidate names (cells of one
-    type share labels), and ``forward(x, decisions)`` takes one decision per label."""
+    """A supernet: ``choices`` maps each choice label to its options, and ``forward(x,
+    decisions)`` takes one decision per label.
 
-    edges: dict[str, tuple[str, ...]]
+    Options are candidate op names on cell edges (labels ``[cell/]node<-input``, see
+    :mod:`supernets.labels`; cells of one type share labels) or plain values (kernel sizes,
+    expand ratios, depths, channel counts, a resolution). Training modules treat every choice as
+    opaque: one decision per label. ``edges`` is the cell-space view, the choices that are edges.
+    A choice named by ``resolution_choice`` sets the input resolution instead of a module:
+    :meth:`prepare_input` resizes the batch to it.
+    """
+
+    choices: dict[str, tuple[Any, ...]]
+    resolution_choice: str | None = None
+
+    @property
+    def edges(self) -> dict[str, tuple[str, ...]]:
+        """The choices that are cell edges: label -> candidate op names."""
+        return {label: options for label, options in self.choices.items() if is_edge(label)}
+
+    def prepare_input(self, x: torch.Tensor, decisions: Mapping[str, Any]) -> torch.Tensor:
+        """The batch at the resolution the decisions choose (bilinear, as OFA resizes); unchanged
+        for a supernet without a resolution choice or when the size already matches."""
+        if self.resolution_choice is None:
+            return x
+        decision = decisions[self.resolution_choice]
+        size = int(self.choices[self.resolution_choice][decision])
+        if tuple(x.shape[-2:]) == (size, size):
+            return x
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
     def check_decisions(self, decisions: Mapping[str, Any]) -> None:
         """Raise a KeyError naming missing or unknown labels."""
-        missing = [k for k in self.edges if k not in decisions]
-        unknown = [k for k in decisions if k not in self.edges]
+        missing = [k for k in self.choices if k not in decisions]
+        unknown = [k for k in decisions if k not in self.choices]
         if missing or unknown:
-            raise KeyError(f"decisions do not match the supernet edges: missing {missing}, "
-                           f"unknown {unknown}; expected labels {list(self.edges)}")
+            raise KeyError(f"decisions do not match the supernet choices: missing {missing}, "
+                           f"unknown {unknown}; expected labels {list(self.choices)}")
 
 
 def check_edge_weights(weights: Mapping[str, torch.Tensor], labels: Sequence[str],

@@ -27,8 +27,9 @@ from torch import nn
 
 from ops.candidates import FactorizedReduce, Identity, ReLUConvBN, build_candidate
 from ops.mixed import MixedOp, PartialChannelMixedOp, SampledPath
-from supernets import register
+from supernets.registry import register
 from supernets.base import Arch, SearchSpace, Supernet, check_edge_weights
+from supernets.labels import edge_label, node_index, node_of
 
 # genotypes.PRIMITIVES, in index order (the column order of alphas_normal / alphas_reduce).
 PRIMITIVES: tuple[str, ...] = (
@@ -53,7 +54,7 @@ GenotypeEntry = tuple[str, int]
 
 def edge_labels(steps: int = STEPS) -> list[str]:
     """Supernet edge labels in DARTS order: normal cell first, node by node, inputs in order."""
-    return [f"{cell_type}/{i}<-{j}" for cell_type in CELL_TYPES
+    return [edge_label(f"{cell_type}/{i}", j) for cell_type in CELL_TYPES
             for i in range(2, 2 + steps) for j in range(i)]
 
 
@@ -113,7 +114,7 @@ class SearchCell(nn.Module):
                     if partial_channels == 1 else
                     PartialChannelMixedOp(PRIMITIVES, C, stride, affine=affine, bn_after_pool=True,
                                           partial_channels=partial_channels))
-                meta.append((f"{cell_type}/{i}<-{j}", j, j == i - 1))
+                meta.append((edge_label(f"{cell_type}/{i}", j), j, j == i - 1))
         self.mixed_ops = nn.ModuleList(mixed_ops)
         self.edge_meta: tuple[tuple[str, int, bool], ...] = tuple(meta)
 
@@ -128,7 +129,7 @@ class SearchCell(nn.Module):
                 node = out if node is None else node + out
             if closes_node:
                 if node is None:
-                    raise ValueError(f"every edge into {label.split('<-')[0]} is None; a node needs "
+                    raise ValueError(f"every edge into {node_of(label)} is None; a node needs "
                                      "at least one edge with a decision")
                 states.append(node)
                 node = None
@@ -148,7 +149,7 @@ class DartsSupernet(Supernet):
                  multiplier: int = 4, stem_multiplier: int = 3, affine: bool = False,
                  in_channels: int = 3, partial_channels: int = 1):
         super().__init__()
-        self.edges: dict[str, tuple[str, ...]] = {label: PRIMITIVES for label in edge_labels(steps)}
+        self.choices: dict[str, tuple[str, ...]] = {label: PRIMITIVES for label in edge_labels(steps)}
         self.steps, self.multiplier = steps, multiplier
         C_curr = stem_multiplier * C
         # The stem BN is the only affine BN of the search network (model_search.py Network).
@@ -514,7 +515,7 @@ class DartsSpace(SearchSpace):
             raise KeyError(f"a darts arch has the labels {list(NODE_LABELS)}, got {list(arch)}")
         choices = {}
         for label in NODE_LABELS:
-            node = int(label.split("/")[1])
+            node = node_index(label)
             value = arch[label]
             if not (isinstance(value, tuple) and len(value) == 2
                     and all(isinstance(p, tuple) and len(p) == 2 for p in value)):
@@ -590,7 +591,7 @@ class DartsSpace(SearchSpace):
         ops = [k for k in range(len(PRIMITIVES)) if k != NONE_INDEX]
         choices = {}
         for label in NODE_LABELS:
-            node = int(label.split("/")[1])
+            node = node_index(label)
             inputs = rng.sample(range(node), 2)
             choices[label] = tuple((rng.choice(ops), j) for j in inputs)
         return Arch(self.name, choices)
@@ -600,7 +601,7 @@ class DartsSpace(SearchSpace):
         rng = rng or random.Random()
         choices = dict(self._node_choices(arch))
         label = rng.choice(NODE_LABELS)
-        node = int(label.split("/")[1])
+        node = node_index(label)
         entries = [list(pair) for pair in choices[label]]
         k = rng.randrange(2)
         other_inputs = [j for j in range(node) if j not in (entries[0][1], entries[1][1])]
@@ -644,7 +645,7 @@ class DartsSpace(SearchSpace):
             if j_a == j_b:
                 raise ValueError(f"{label} uses input {j_a} twice; the supernet has one edge per "
                                  "input, so it cannot run this genotype")
-            out[f"{label}<-{j_a}"], out[f"{label}<-{j_b}"] = op_a, op_b
+            out[edge_label(label, j_a)], out[edge_label(label, j_b)] = op_a, op_b
         return out
 
     def discretize(self, weights: Mapping[str, torch.Tensor]) -> Arch:
@@ -657,10 +658,10 @@ class DartsSpace(SearchSpace):
         check_edge_weights(weights, EDGE_LABELS, PRIMITIVES)
         choices = {}
         for label in NODE_LABELS:
-            node = int(label.split("/")[1])
+            node = node_index(label)
             rows = []
             for j in range(node):
-                rows.append(weights[f"{label}<-{j}"].detach().float().cpu().tolist())
+                rows.append(weights[edge_label(label, j)].detach().float().cpu().tolist())
             ops = [k for k in range(len(PRIMITIVES)) if k != NONE_INDEX]
             best_op = [max(ops, key=lambda k: (row[k], -k)) for row in rows]  # first max
             kept = sorted(range(node), key=lambda j: -rows[j][best_op[j]])[:2]

@@ -26,8 +26,9 @@ from torch import nn
 
 from ops.candidates import ReLUConvBN, build_candidate
 from ops.mixed import Decision, MixedOp, PartialChannelMixedOp
-from supernets import register
+from supernets.registry import register
 from supernets.base import Arch, SearchSpace, Supernet, check_edge_weights
+from supernets.labels import edge_label, split_edge
 
 # Candidate ops in the reference order (cell_operations.NAS_BENCH_201): the order of the columns
 # of alpha and of the op digits in the benchmark index.
@@ -42,7 +43,7 @@ NUM_ARCHS = len(PRIMITIVES) ** len(EDGES)  # 15,625
 INDEX_SEED = 88  # generate_meta_info: random.seed(88); random.shuffle(all_archs)
 
 _EDGE_NODES: tuple[tuple[int, int], ...] = tuple(
-    (int(label.split("<-")[0]), int(label.split("<-")[1])) for label in EDGES)
+    (int(node), source) for node, source in map(split_edge, EDGES))
 _OP_INDEX = {name: k for k, name in enumerate(PRIMITIVES)}
 _FORMAT_HELP = ("expected '|op~0|+|op~0|op~1|+|op~0|op~1|op~2|' (node 1 reads node 0, node 2 "
                 "reads nodes 0 and 1, node 3 reads nodes 0, 1 and 2)")
@@ -199,7 +200,7 @@ class NB201Supernet(Supernet):
     def __init__(self, num_classes: int = 10, C: int = 16, N: int = 5, affine: bool = False,
                  track_running_stats: bool = True, in_channels: int = 3, partial_channels: int = 1):
         super().__init__()
-        self.edges = {label: PRIMITIVES for label in EDGES}
+        self.choices = {label: PRIMITIVES for label in EDGES}
         # Stem, ResNet blocks and lastact use default BNs (affine, running stats) in the reference.
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C, kernel_size=3, padding=1, bias=False),
                                   nn.BatchNorm2d(C))
@@ -348,7 +349,7 @@ class NB201Space(SearchSpace):
                 if op not in _OP_INDEX:
                     raise ValueError(f"unknown op {op!r} in token {token!r} of {text!r}; "
                                      f"accepted ops: {', '.join(PRIMITIVES)}")
-                label = f"{target}<-{int(source)}"
+                label = edge_label(target, int(source))
                 if int(source) >= target:
                     raise ValueError(f"token {token!r}: node {target} can only read nodes "
                                      f"0..{target - 1}; {_FORMAT_HELP}")

@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 
-from oneshot.algorithms.base import SearchAlgorithm, all_reduce_mean
+from oneshot.algorithms.base import all_reduce_mean
+from oneshot.algorithms.differentiable import DifferentiableSearch
 
 
-class DartsSearch(SearchAlgorithm):
+class DartsSearch(DifferentiableSearch):
     """DARTS, first (default) or second order.
 
     Args:
@@ -23,7 +24,7 @@ class DartsSearch(SearchAlgorithm):
         arch_step_first: take the architecture step before the weight step, as quark0/darts does
             for both orders and NB201's DARTS-V2; NB201's DARTS-V1 steps the weights first.
         hessian_epsilon: r in R = r / ||v|| (architect.py ``_hessian_vector_product``, r = 1e-2).
-        **kwargs: the shared optimization settings of :class:`SearchAlgorithm`.
+        **kwargs: the shared optimization settings of :class:`~oneshot.algorithms.differentiable.DifferentiableSearch`.
     """
 
     def __init__(self, *args: Any, unrolled: bool = False, arch_step_first: bool = True,
@@ -33,10 +34,10 @@ class DartsSearch(SearchAlgorithm):
         self.arch_step_first = arch_step_first
 
     def architecture_step(self, train_batch: Any, val_batch: Any) -> torch.Tensor:
-        _, arch_optimizer = self.optimizers()
+        arch_optimizer = self.arch_optimizer()
         arch_optimizer.zero_grad()
         if self.hparams.unrolled:
-            weight_optimizer, _ = self.optimizers()
+            weight_optimizer = self.weight_optimizer()
             loss = self.unrolled_arch_gradient(train_batch, val_batch, weight_optimizer.optimizer)
         else:
             loss = self.supernet_loss(val_batch)

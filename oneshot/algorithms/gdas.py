@@ -17,7 +17,8 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
-from oneshot.algorithms.base import SearchAlgorithm, all_reduce_mean, rank_shared_seed
+from oneshot.algorithms.base import all_reduce_mean, rank_shared_seed
+from oneshot.algorithms.differentiable import DifferentiableSearch
 from ops.mixed import SampledPath
 
 
@@ -62,7 +63,7 @@ def gumbel_straight_through(alpha: torch.Tensor, tau: float, generator: torch.Ge
     raise RuntimeError(f"{max_tries} Gumbel draws in a row were not finite for alpha={alpha.tolist()}")
 
 
-class GdasSearch(SearchAlgorithm):
+class GdasSearch(DifferentiableSearch):
     """GDAS: one Gumbel-max sampled candidate per edge label per forward.
 
     One sample per label per forward is shared by every cell carrying that label, as the
@@ -82,7 +83,7 @@ class GdasSearch(SearchAlgorithm):
     Args:
         tau_max: temperature of the first epoch (GDAS.sh ``--tau_max 10``).
         tau_min: temperature of the last epoch (GDAS.sh ``--tau_min 0.1``).
-        **kwargs: the shared optimization settings of :class:`SearchAlgorithm`.
+        **kwargs: the shared optimization settings of :class:`~oneshot.algorithms.differentiable.DifferentiableSearch`.
     """
 
     arch_step_first = False  # search_func: weight step, then architecture step
@@ -126,7 +127,7 @@ class GdasSearch(SearchAlgorithm):
 
     def architecture_step(self, train_batch: Any, val_batch: Any) -> torch.Tensor:
         """First order: d L_val(w, sample(alpha)) / d alpha through the straight-through weights."""
-        _, arch_optimizer = self.optimizers()
+        arch_optimizer = self.arch_optimizer()
         arch_optimizer.zero_grad()
         loss, _ = self.loss_and_accuracy(val_batch, self.sampled_decisions("architecture"))
         self.manual_backward(loss)

@@ -24,13 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from oneshot.algorithms.darts import DartsSearch
-
-
-def edge_node(label: str) -> str:
-    """The node an edge feeds: the text before ``<-`` ("normal/3<-1" -> "normal/3", "3<-1" -> "3")."""
-    if "<-" not in label:
-        raise ValueError(f"edge label {label!r} has no '<-'; expected 'node<-input' such as '3<-1'")
-    return label.rsplit("<-", 1)[0]
+from supernets.labels import node_of
 
 
 class PCDartsSearch(DartsSearch):
@@ -67,7 +61,7 @@ class PCDartsSearch(DartsSearch):
                                        for label in self.supernet.edges})
         nodes: dict[str, list[str]] = defaultdict(list)
         for label in self.supernet.edges:
-            nodes[edge_node(label)].append(label)
+            nodes[node_of(label)].append(label)
         self.node_edges: dict[str, tuple[str, ...]] = {node: tuple(labels) for node, labels in nodes.items()}
 
     def edge_normalization(self) -> dict[str, torch.Tensor]:

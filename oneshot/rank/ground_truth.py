@@ -94,19 +94,12 @@ def _space(space: SpaceLike) -> "SearchSpace":
     return space
 
 
-def _arch_from_text(space: "SearchSpace", text: str) -> "Arch":
-    """Parse a canonical string or an arch JSON object (``{"space":..., "choices":...}``)."""
-    if text.lstrip().startswith("{"):
-        return space.load(text)
-    return space.parse(text)
-
-
 def canonical(space: SpaceLike, arch: "Arch | str | Mapping[str, Any]") -> str:
     """The canonical string of ``arch`` (an Arch, a string in any accepted spelling, or a JSON
     object) in ``space``; ValueError/TypeError from the space if it is not a valid arch."""
     space = _space(space)
     if isinstance(arch, str):
-        return space.format(_arch_from_text(space, arch))
+        return space.format(space.load(arch))
     if isinstance(arch, Mapping) and "choices" in arch and not hasattr(arch, "space"):
         from supernets.base import Arch
 

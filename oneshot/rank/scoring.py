@@ -14,20 +14,20 @@ every report:
   (the NB201 BN0 practice; aw_nas's default);
 * ``running``: score in eval mode with the supernet's stored running statistics.
 
-The supernet is left exactly as it was (:func:`oneshot.selection.preserved_batchnorm`).
+The supernet is left exactly as it was (:func:`oneshot.batchnorm.preserved_batchnorm`).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from oneshot.selection import preserved_batchnorm, score_architecture
+from oneshot.batchnorm import preserved_batchnorm
+from oneshot.selection.best_of_n import score_architecture
+from oneshot.selection.protocol import ScoredSupernet
 from supernets import Arch
 
-if TYPE_CHECKING:
-    from oneshot.algorithms.base import SearchAlgorithm
 
 BN_MODES = ("recalibrate", "train", "running")
 
@@ -37,7 +37,7 @@ def batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: "SearchAlgorithm", arch: Arch, batches: Sequence[Any]) -> None:
+def recalibrate_batchnorm(model: ScoredSupernet, arch: Arch, batches: Sequence[Any]) -> None:
     """Set the running statistics of ``arch``'s BatchNorms to exact averages over ``batches``.
 
     Forward pre-hooks read each BatchNorm's input: per batch the channel mean and the biased
@@ -74,7 +74,7 @@ def recalibrate_batchnorm(model: "SearchAlgorithm", arch: Arch, batches: Sequenc
         bn.track_running_stats = True  # eval mode now normalises with these
 
 
-def score_archs(model: "SearchAlgorithm", archs: Sequence[Arch], val_batches: Sequence[Any],
+def score_archs(model: ScoredSupernet, archs: Sequence[Arch], val_batches: Sequence[Any],
                 bn_mode: str = "recalibrate", bn_batches: Sequence[Any] = (),
                 progress: Callable[[int], None] | None = None) -> list[tuple[float, float]]:
     """(accuracy, loss) of each arch on the fixed ``val_batches``, single path, under ``bn_mode``.

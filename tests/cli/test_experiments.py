@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from oneshot.cli import main
+from oneshot.commands import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.yaml")))
@@ -16,7 +16,7 @@ CONFIGS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.yaml")))
 def test_config_parses_with_every_key_known(path, capsys):
     name = os.path.basename(path)
     if name.startswith("rank_"):  # a study: its search and retrain configs, with its arguments
-        from oneshot.rank.study import _resolve, load_study
+        from oneshot.commands.rank_study import _resolve, load_study
 
         study = load_study(Path(path))
         argv = ["search", "--config", _resolve(study["search"]["config"], Path(path)),

@@ -5,7 +5,7 @@ import random
 import pytest
 
 import supernets
-from oneshot.cli import main
+from oneshot.commands import main
 
 BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"
 

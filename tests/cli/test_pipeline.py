@@ -6,8 +6,9 @@ import shutil
 
 import pytest
 
-import oneshot.cli
-from oneshot.cli import main
+import oneshot.commands.retrain
+import oneshot.commands.search
+from oneshot.commands import main
 
 SEARCH_TINY = ["--model.init_args.space_options", "{C: 4, N: 1}", "--trainer.max_epochs", "1",
                "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "0.1",
@@ -28,9 +29,9 @@ def _pipeline(run_dir, *extra):
 def stage_calls(monkeypatch):
     """The argv each stage function received, in order, as (stage, argv)."""
     calls = []
-    for stage in ("_search", "_retrain"):
-        original = getattr(oneshot.cli, stage)
-        monkeypatch.setattr(oneshot.cli, stage,
+    for stage, module in (("_search", oneshot.commands.search), ("_retrain", oneshot.commands.retrain)):
+        original = module.main
+        monkeypatch.setattr(module, "main",
                             lambda argv, stage=stage, original=original: (calls.append((stage, argv)),
                                                                           original(argv))[1])
     return calls
@@ -53,7 +54,7 @@ def test_pipeline_stages_resume_and_finish(tmp_path, monkeypatch, capsys, stage_
     _pipeline(run, "--stop-after", "discretize")
     arch = json.loads((run / "arch.json").read_text())
     assert arch["arch"] == json.loads((run / "search" / "arch.json").read_text())["arch"]
-    assert arch["rule"] == "space"
+    assert arch["rule"] == "rule"
     assert not (run / "retrain").exists()
 
     _pipeline(run)
@@ -120,7 +121,7 @@ def test_retrain_config_of_another_space_fails_before_search(tmp_path, monkeypat
 
 
 def test_default_run_dir_is_the_next_version(tmp_path):
-    from oneshot.pipeline import default_run_dir
+    from oneshot.commands.pipeline import default_run_dir
 
     (tmp_path / "darts_v2_cifar10" / "version_0").mkdir(parents=True)
     assert default_run_dir(["experiments/darts_v2_cifar10.yaml"], root=str(tmp_path)) == \

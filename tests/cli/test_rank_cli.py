@@ -13,13 +13,13 @@ import pytest
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-import oneshot.cli
+import oneshot.commands.retrain
 import supernets
 from oneshot.algorithms.rsps import RandomSinglePathSearch
-from oneshot.cli import main
+from oneshot.commands import main
 from oneshot.data import DigitsDataModule
 from oneshot.rank import metrics
-from oneshot.rank.command import main as rank_main
+from oneshot.commands.rank import main as rank_main
 
 INDICES = [0, 11, 300, 1835, 2500, 4000, 6111, 7000, 9000, 12000, 14000, 15624]
 SMALL = ["--val-images", "64", "--bn-images", "64", "--bn-batch-size", "32", "--batch-size", "32"]
@@ -133,8 +133,8 @@ def test_unmatched_architectures_are_listed(run, space, tmp_path, capsys):
 def test_ground_truth_training_is_sharded_and_resumable(space, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     calls = []
-    original = oneshot.cli._retrain
-    monkeypatch.setattr(oneshot.cli, "_retrain", lambda argv: (calls.append(argv), original(argv))[1])
+    original = oneshot.commands.retrain.main
+    monkeypatch.setattr(oneshot.commands.retrain, "main", lambda argv: (calls.append(argv), original(argv))[1])
     base = ["rank", "--train-ground-truth", "--space", "nb201", "--archs", "sample:3", "--config", RETRAIN,
             "--retrain-args", RETRAIN_TINY, "--out", "gt"]
     main([*base, "--shard", "1/2"])

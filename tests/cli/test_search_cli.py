@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import supernets
 from oneshot.algorithms import DartsSearch
-from oneshot.cli import main
+from oneshot.commands import main
 
 TINY = ["--model.init_args.space_options", "{C: 4, N: 1}", "--trainer.enable_progress_bar", "false",
         "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "0.1",

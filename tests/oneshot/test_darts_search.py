@@ -90,7 +90,7 @@ def test_export_follows_the_space_rule():
 @pytest.mark.parametrize("key, value", [("space", "darts"), ("algorithm", "GdasSearch"),
                                         ("edges", ["1<-0"])])
 def test_checkpoint_from_another_space_or_algorithm_is_refused(key, value):
-    from oneshot.algorithms.base import check_checkpoint_identity
+    from oneshot.checkpoints import check_checkpoint_identity
 
     model = _tiny_model()
     expected = model.checkpoint_identity()

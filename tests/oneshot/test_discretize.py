@@ -11,9 +11,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 import supernets
 from oneshot.algorithms import DartsSearch, PCDartsSearch
 from oneshot.data import DigitsDataModule
-from oneshot.discretize import load_algorithm, main
+from oneshot.algorithms import load_algorithm
+from oneshot.commands.discretize import main
 from oneshot.info import describe
-from oneshot.selection import best_of_n
+from oneshot.selection.best_of_n import best_of_n
 
 TINY = {"space": "nb201", "space_options": {"C": 4, "N": 1}, "num_classes": 10, "in_channels": 1}
 
@@ -47,13 +48,13 @@ def test_space_rule_equals_the_algorithms_own_export(which, request, capsys):
     run, trained = request.getfixturevalue(which)
     assert (run / "arch.json").is_file()  # the search's own record, next to the checkpoints
     main([str(run)])  # a run directory: RUN/checkpoints/last.ckpt
-    path = run / "arch_space.json"
+    path = run / "arch_rule.json"
     record = json.loads(path.read_text())
     space = supernets.get("nb201")
     assert space.load(str(path)) == trained.export()
     assert record["arch"] == space.format(trained.export())
     assert record["choices"] == json.loads((run / "arch.json").read_text())["choices"]
-    assert record["rule"] == "space" and record["algorithm"] == type(trained).__name__
+    assert record["rule"] == "rule" and record["algorithm"] == type(trained).__name__
     assert record["source"] == str(run / "checkpoints" / "last.ckpt")
     weights = trained.arch_weights()  # PC-DARTS: softmax(alpha) times the normalized betas
     assert set(record["scores"]) == set(weights)
@@ -157,7 +158,7 @@ def test_bad_options_are_refused(darts_run):
 
 
 def test_discretize_is_a_cli_command(capsys):
-    from oneshot.cli import main as cli_main
+    from oneshot.commands import main as cli_main
 
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["discretize", "no/such/run"])

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import supernets
 from oneshot.algorithms import gdas
 from oneshot.algorithms.gdas import GdasSearch, gumbel_noise, gumbel_straight_through
-from oneshot.cli import main
+from oneshot.commands import main
 from ops.mixed import MixedOp
 
 NB201_OPS = supernets.get("nb201").build_supernet(C=4, N=1).edges["1<-0"]

@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import supernets
-from oneshot.algorithms.base import check_checkpoint_identity
+from oneshot.checkpoints import check_checkpoint_identity
 from oneshot.algorithms.darts import DartsSearch
-from oneshot.algorithms.pcdarts import PCDartsSearch, edge_node
-from oneshot.cli import main
+from oneshot.algorithms.pcdarts import PCDartsSearch
+from supernets.labels import node_of as edge_node
+from oneshot.commands import main
 from oneshot.data import DigitsDataModule
 from ops.mixed import PartialChannelMixedOp
 

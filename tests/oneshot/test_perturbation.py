@@ -10,11 +10,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 import supernets
-import oneshot.perturbation as perturbation
+import oneshot.selection.perturbation as perturbation
 from oneshot.algorithms import DartsSearch
 from oneshot.data import DigitsDataModule
-from oneshot.discretize import main
-from oneshot.perturbation import perturbation_select
+from oneshot.commands.discretize import main
+from oneshot.selection.perturbation import perturbation_select
 
 TINY = {"space": "nb201", "space_options": {"C": 4, "N": 1}, "num_classes": 10, "in_channels": 1}
 

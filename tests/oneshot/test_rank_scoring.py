@@ -7,7 +7,7 @@ import torch
 import supernets
 from oneshot.algorithms.rsps import RandomSinglePathSearch
 from oneshot.rank.scoring import batchnorms, recalibrate_batchnorm, score_archs
-from oneshot.selection import preserved_batchnorm
+from oneshot.batchnorm import preserved_batchnorm
 
 
 def _model(track_running_stats=True):

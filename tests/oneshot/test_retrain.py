@@ -12,9 +12,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 import supernets
-from oneshot.cli import main
+from oneshot.commands import main
 from oneshot.data import Cutout, DigitsDataModule
-from oneshot.retrain import RetrainModule, resolve_arch
+from oneshot.retrain import RetrainModule
+from supernets import resolve_arch
 from supernets.darts import NetworkImageNet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

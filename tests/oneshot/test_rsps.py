@@ -10,7 +10,7 @@ import torch
 import supernets
 from oneshot.algorithms.gdas import GdasSearch
 from oneshot.algorithms.rsps import RandomSinglePathSearch
-from oneshot.cli import main
+from oneshot.commands import main
 from oneshot.data import DigitsDataModule
 from ops.mixed import MixedOp
 

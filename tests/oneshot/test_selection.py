@@ -7,7 +7,7 @@ import torch
 import supernets
 from oneshot import selection
 from oneshot.algorithms.rsps import RandomSinglePathSearch
-from oneshot.selection import best_of_n, score_architecture
+from oneshot.selection.best_of_n import best_of_n, score_architecture
 from supernets import Arch
 
 

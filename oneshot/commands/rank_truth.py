@@ -19,6 +19,8 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from oneshot.commands import retrain
+from oneshot.commands.common import check_retrain_fits, logger_arguments, resume_arguments
 from oneshot.files import atomic_write_text
 from oneshot.rank.ground_truth import GroundTruth, load_results
 
@@ -61,9 +63,6 @@ def train_ground_truth(space: "SearchSpace", archs: Sequence["Arch"], config: st
 
     Returns the table's path, or None when no architecture has a result yet.
     """
-    from oneshot.cli import _retrain
-    from oneshot.pipeline import logger_arguments, resume_arguments, check_retrain_fits
-
     check_retrain_fits(space.name, config, list(retrain_args), origin="--space")
     index, count = shard
     mine = list(archs)[index::count]
@@ -73,7 +72,7 @@ def train_ground_truth(space: "SearchSpace", archs: Sequence["Arch"], config: st
         if (folder / key / "result.json").is_file():
             continue
         print(f"[ground truth {index}/{count}] {number}/{len(mine)}: {space.format(arch)}", flush=True)
-        _retrain(["--config", config, *retrain_args, "--arch", space.format(arch),
+        retrain.main(["--config", config, *retrain_args, "--arch", space.format(arch),
                   *logger_arguments(folder, key), *resume_arguments(folder / key)])
     if not folder.is_dir() or not any(folder.glob("*/result.json")):
         return None

@@ -5,7 +5,7 @@ One-shot NAS is judged by what its architecture scores when trained from scratch
 ``oneshot search``, ``oneshot discretize`` and ``oneshot retrain`` in process::
 
     oneshot pipeline --config experiments/darts_v2_cifar10.yaml \\
-        --retrain experiments/retrain_darts_cifar10.yaml [--rule space|best_of_n] \\
+        --retrain experiments/retrain_darts_cifar10.yaml [--rule rule|best_of_n|perturbation] \\
         [--run-dir DIR] [--retrain-args "--trainer.max_epochs 10 --model.network_options '{C: 16}'"] \\
         [further arguments of the search, e.g. --trainer.max_epochs 1]
 
@@ -13,7 +13,7 @@ The run directory (default ``runs/pipeline/<search config name>/version_N``, the
 ``search`` without ``--config``) holds
 
 * ``search/``: the search run (``checkpoints/last.ckpt``, ``config.yaml``, logs, ``arch.json``);
-* ``arch.json``: the discretized architecture (:func:`oneshot.discretize.main` with ``--rule``);
+* ``arch.json``: the discretized architecture (:func:`oneshot.commands.discretize.main` with ``--rule``);
 * ``retrain/``: the retraining run (best and last checkpoints, logs, ``result.json``);
 * ``pipeline.json``: per stage its status (``running`` or ``done``), start and end times, paths and
   the settings it ran with.
@@ -35,22 +35,25 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 
+from oneshot import selection
+from oneshot.algorithms import SupernetTraining
+from oneshot.commands import discretize, retrain, search
+from oneshot.commands.common import (UserError, check_retrain_fits, config_value, logger_arguments, override,
+                                     resume_arguments)
 from oneshot.files import atomic_write_json
+
 STAGES = ("search", "discretize", "retrain")
 RECORD = "pipeline.json"
 
 
-class PipelineError(ValueError):
+class PipelineError(UserError):
     """A mistake in the pipeline's input or run directory; the message says which and what to do."""
 
 
 # -- command line ------------------------------------------------------------------------------
 def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """The pipeline's own options, and the rest (passed to the search)."""
-    from oneshot.discretize import RULES
-
     parser = argparse.ArgumentParser(
         prog="oneshot pipeline", allow_abbrev=False,
         description="search, discretize and retrain in one run directory; arguments not listed "
@@ -62,8 +65,8 @@ def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--retrain-args", default="", metavar="STRING",
                         help="further retrain arguments, split as a shell would "
                              "(\"--trainer.max_epochs 10 --model.network_options '{C: 16}'\")")
-    parser.add_argument("--rule", choices=RULES, default="space",
-                        help="discretization rule of `oneshot discretize` (default: space)")
+    parser.add_argument("--rule", choices=selection.names(), default="rule",
+                        help="selection strategy of `oneshot discretize` (default: rule, the search's export)")
     parser.add_argument("--run-dir", default=None, metavar="DIR",
                         help="the run directory; pass an existing one to resume "
                              "(default: runs/pipeline/<search config name>/version_N)")
@@ -85,67 +88,12 @@ def default_run_dir(configs: list[str], root: str = "runs/pipeline") -> Path:
     return parent / f"version_{max(taken, default=-1) + 1}"
 
 
-def _override(args: list[str], flag: str) -> Optional[str]:
-    """The last value given to ``flag`` (``--flag V`` or ``--flag=V``) on a command line, or None."""
-    value = None
-    for i, item in enumerate(args):
-        if item == flag and i + 1 < len(args):
-            value = args[i + 1]
-        elif item.startswith(flag + "="):
-            value = item[len(flag) + 1:]
-    return value
-
-
-def _config_value(configs: list[str], keys: tuple[str, ...]) -> Any:
-    """``configs``' value at the nested ``keys`` (the last config that sets it wins), or None."""
-    value = None
-    for path in configs:
-        node: Any = yaml.safe_load(Path(path).read_text()) or {}
-        for key in keys:
-            node = node.get(key) if isinstance(node, dict) else None
-        if node is not None:
-            value = node
-    return value
-
-
 # -- consistency -------------------------------------------------------------------------------
 def search_space_name(configs: list[str], search_args: list[str]) -> str:
     """The space the search will run on: ``--model.init_args.space``, the configs, or the
-    algorithms' default (``SearchAlgorithm(space="nb201")``)."""
-    from oneshot.algorithms import SearchAlgorithm
-
-    value = _override(search_args, "--model.init_args.space") or _config_value(configs, ("model", "init_args", "space"))
-    return str(value or inspect.signature(SearchAlgorithm.__init__).parameters["space"].default)
-
-
-def check_retrain_fits(space: str, retrain_config: str, retrain_args: list[str], origin: str) -> None:
-    """Refuse, before any training, a retrain config for another space than the architecture's.
-
-    Raises:
-        PipelineError: the retrain ``model.space`` differs from ``space``, or its
-            ``model.network_options`` are not options of ``space``'s network.
-    """
-    import supernets
-
-    wanted = _override(retrain_args, "--model.space") or _config_value([retrain_config], ("model", "space"))
-    if wanted is not None and str(wanted) != space:
-        raise PipelineError(
-            f"the architecture is of space {space!r} ({origin}), but the retrain config "
-            f"{retrain_config} sets model.space {wanted!r}; pass a retrain config for {space!r} "
-            f"(e.g. experiments/retrain_{space}_*.yaml)")
-    options = _config_value([retrain_config], ("model", "network_options")) or {}
-    given = _override(retrain_args, "--model.network_options")
-    if given is not None:
-        options = yaml.safe_load(given) or {}
-    if not isinstance(options, dict):
-        raise PipelineError(f"model.network_options {options!r} is not a mapping")
-    accepted = [p for p in inspect.signature(supernets.get(space).build_network).parameters
-                if p not in ("self", "arch", "num_classes", "in_channels", "drop_path_prob")]
-    unknown = sorted(k for k in options if k not in accepted)
-    if unknown:
-        raise PipelineError(
-            f"the retrain config {retrain_config} sets model.network_options {unknown}, which "
-            f"{space!r} networks ({origin}) do not take; accepted: {', '.join(accepted)}")
+    algorithms' default (``SupernetTraining(space="nb201")``)."""
+    value = override(search_args, "--model.init_args.space") or config_value(configs, ("model", "init_args", "space"))
+    return str(value or inspect.signature(SupernetTraining.__init__).parameters["space"].default)
 
 
 # -- record --------------------------------------------------------------------------------------
@@ -201,18 +149,6 @@ class Stages:
         save_record(self.run_dir, self.record)
 
 
-def logger_arguments(run_dir: Path, stage: str) -> list[str]:
-    """TensorBoardLogger arguments whose ``log_dir`` is ``run_dir/stage`` (save_dir/name/version)."""
-    return ["--trainer.logger.init_args.save_dir", str(run_dir.parent),
-            "--trainer.logger.init_args.name", run_dir.name,
-            "--trainer.logger.init_args.version", stage]
-
-
-def resume_arguments(stage_dir: Path) -> list[str]:
-    ckpt = stage_dir / "checkpoints" / "last.ckpt"
-    return ["--ckpt_path", str(ckpt)] if ckpt.is_file() else []
-
-
 def _summary(result: dict[str, Any]) -> str:
     return (f"architecture: {result['arch']}\ntest accuracy: {result['test_acc']:.2f}% "
             f"(best {result['best_test_acc']:.2f}%), params {result['params']:,}")
@@ -224,9 +160,6 @@ def main(argv: list[str]) -> Optional[dict[str, Any]]:
 
     ``SystemExit`` from the stages (bad LightningCLI arguments) propagates.
     """
-    from oneshot.cli import _retrain, _search
-    from oneshot.discretize import main as discretize_main
-
     args, search_args = parse_arguments(argv)
     retrain_args = shlex.split(args.retrain_args)
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.config)
@@ -254,7 +187,7 @@ def main(argv: list[str]) -> Optional[dict[str, Any]]:
     if not stages.done("search", search_dir / "arch.json"):
         stages.start("search", settings["search"], {"path": "search"})
         config_args = [item for path in args.config for item in ("--config", path)]
-        _search([*config_args, *search_args, *logger_arguments(run_dir, "search"), *resume_arguments(search_dir)])
+        search.main([*config_args, *search_args, *logger_arguments(run_dir, "search"), *resume_arguments(search_dir)])
         if not (search_dir / "arch.json").is_file():
             raise PipelineError(f"the search did not finish ({search_dir} has no arch.json); rerun "
                                 f"with --run-dir {run_dir} to resume it")
@@ -268,7 +201,7 @@ def main(argv: list[str]) -> Optional[dict[str, Any]]:
 
     if not stages.done("discretize", arch_path):
         stages.start("discretize", settings["discretize"], {"path": "arch.json", "source": "search"})
-        discretize_main([str(search_dir), "--rule", args.rule, "--out", str(arch_path)])
+        discretize.main([str(search_dir), "--rule", args.rule, "--out", str(arch_path)])
         stages.finish("discretize")
     if args.stop_after == "discretize":
         return None
@@ -276,7 +209,7 @@ def main(argv: list[str]) -> Optional[dict[str, Any]]:
     space = json.loads(arch_path.read_text())["space"]
     check_retrain_fits(space, args.retrain, retrain_args, origin=f"{arch_path}")
     stages.start("retrain", settings["retrain"], {"path": "retrain", "arch": "arch.json"})
-    _retrain(["--config", args.retrain, *retrain_args, "--arch", str(arch_path),
+    retrain.main(["--config", args.retrain, *retrain_args, "--arch", str(arch_path),
               *logger_arguments(run_dir, "retrain"), *resume_arguments(retrain_dir)])
     if not result_path.is_file():
         raise PipelineError(f"the retraining did not finish ({result_path} is missing); rerun with "

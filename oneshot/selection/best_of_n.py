@@ -25,54 +25,21 @@ protocol (next batches per candidate, ties to the first).
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import random
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
-from torch import nn
 
+from oneshot.selection.protocol import ScoredSupernet
 from supernets import Arch
 
-if TYPE_CHECKING:  # imported for annotations only: algorithms import this module
-    from oneshot.algorithms.base import SearchAlgorithm
 
 Score = tuple[str, float, float]  # (canonical arch string, accuracy, loss)
-BN_STATE = ("running_mean", "running_var", "num_batches_tracked")
-
-
-@contextlib.contextmanager
-def preserved_batchnorm(module: nn.Module) -> Iterator[None]:
-    """Put every BatchNorm back as it was on exit: running statistics (also where there were
-    none), ``momentum``, ``track_running_stats`` and the module's train/eval mode.
-
-    Scoring in train mode updates running statistics, and recalibration rewrites them; neither
-    may leak into the supernet that the next architecture (or a checkpoint) uses.
-    """
-    saved = []
-    for bn in module.modules():
-        if isinstance(bn, nn.modules.batchnorm._BatchNorm):
-            buffers = {name: None if getattr(bn, name) is None else getattr(bn, name).clone()
-                       for name in BN_STATE}
-            saved.append((bn, buffers, bn.momentum, bn.track_running_stats))
-    training = module.training
-    try:
-        yield
-    finally:
-        module.train(training)
-        for bn, buffers, momentum, track in saved:
-            for name, value in buffers.items():
-                current = getattr(bn, name)
-                if value is None or current is None or current.shape != value.shape:
-                    setattr(bn, name, value)  # a buffer slot: None stays registered as None
-                else:
-                    current.copy_(value)
-            bn.momentum, bn.track_running_stats = momentum, track
 
 
 @torch.no_grad()
-def score_architecture(model: "SearchAlgorithm", arch: Arch | Mapping[str, Any],
+def score_architecture(model: ScoredSupernet, arch: Arch | Mapping[str, Any],
                        batches: Sequence[Any]) -> tuple[float, float]:
     """Accuracy and mean cross-entropy over ``batches`` (image-weighted) of ``arch`` (single path)
     or of the supernet under explicit decisions (e.g. masked edge weights), in the current mode."""
@@ -100,7 +67,7 @@ def _endless(batches: Iterable[Any]) -> Iterator[Any]:
             raise ValueError("batches yielded nothing: best_of_n needs at least one (x, y) batch")
 
 
-def best_of_n(model: "SearchAlgorithm", batches: Iterable[Any], num_samples: int = 100,
+def best_of_n(model: ScoredSupernet, batches: Iterable[Any], num_samples: int = 100,
               num_batches: int = 1, candidates: Sequence[Arch] | None = None,
               rng: random.Random | int | None = None,
               shared_batches: bool = True) -> tuple[Arch, list[Score]]:

@@ -15,9 +15,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
+
+import supernets
+from oneshot.commands import search
+from oneshot.commands.common import logger_arguments, resume_arguments
+from oneshot.commands.rank_truth import train_ground_truth
+from oneshot.rank.choose import choose_archs
 
 SECTIONS = ("search", "ground_truth", "rank")
 
@@ -57,14 +63,11 @@ def _options(mapping: dict[str, Any]) -> list[str]:
     return argv
 
 
-def run_study(path: Path, out: Path | None = None) -> dict[str, Any]:
-    """Search, ground truth, rank; each stage skipped or resumed when already (partly) done."""
-    import supernets
-    from oneshot.cli import _search
-    from oneshot.pipeline import logger_arguments, resume_arguments
-    from oneshot.rank.choose import choose_archs
-    from oneshot.rank.command import main as rank_main
-    from oneshot.rank.train_truth import train_ground_truth
+def run_study(path: Path, out: Path | None, rank: Callable[[list[str]], Any]) -> dict[str, Any]:
+    """Search, ground truth, rank; each stage skipped or resumed when already (partly) done.
+
+    ``rank`` is ``oneshot rank``'s ``main``, which calls this function for ``--study``.
+    """
 
     study = load_study(path)
     out = out or Path("runs") / path.stem
@@ -73,7 +76,7 @@ def run_study(path: Path, out: Path | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     search_dir = out / "search"
     if not (search_dir / "arch.json").is_file():
-        _search(["--config", _resolve(study["search"]["config"], path), *map(str, study["search"].get("args", [])),
+        search.main(["--config", _resolve(study["search"]["config"], path), *map(str, study["search"].get("args", [])),
                  *logger_arguments(out, "search"), *resume_arguments(search_dir)])
     timings["search_s"] = time.perf_counter() - started
 
@@ -88,7 +91,7 @@ def run_study(path: Path, out: Path | None = None) -> dict[str, Any]:
 
     started = time.perf_counter()
     options = {"archs": "all", **(study["rank"] or {})}
-    report = rank_main([str(search_dir), "--ground-truth", str(table), "--ground-truth-column", "test_acc",
+    report = rank([str(search_dir), "--ground-truth", str(table), "--ground-truth-column", "test_acc",
                         "--out", str(out / "rank"),
                         *_options(options)])
     timings["rank_s"] = time.perf_counter() - started

@@ -54,16 +54,17 @@ from __future__ import annotations
 
 import itertools
 import random
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from oneshot.selection import preserved_batchnorm, score_architecture
+from oneshot.batchnorm import preserved_batchnorm
+from oneshot.selection.best_of_n import score_architecture
+from oneshot.selection.protocol import DifferentiableSupernet
 from supernets import Arch
+from supernets.labels import edge_label, node_index
 
-if TYPE_CHECKING:
-    from oneshot.algorithms.base import SearchAlgorithm
 
 SPACES = ("nb201", "darts")
 CRITERIA = ("acc", "loss")
@@ -71,7 +72,7 @@ Measurement = dict[str, float]  # {"acc": validation accuracy, "loss": validatio
 
 
 @torch.no_grad()
-def masked_scores(model: "SearchAlgorithm", weights: dict[str, torch.Tensor],
+def masked_scores(model: DifferentiableSupernet, weights: dict[str, torch.Tensor],
                   batches: Sequence[Any]) -> Measurement:
     """Image-weighted accuracy and loss of the dense supernet under ``weights`` on ``batches``.
 
@@ -99,7 +100,7 @@ def tuning_epochs(space: str, rounds: int, proj_interval: int) -> list[int]:
     return gaps
 
 
-def projected_weights(model: "SearchAlgorithm", decided: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def projected_weights(model: DifferentiableSupernet, decided: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``get_projected_weights()``: the architecture distribution with decided edges replaced."""
     weights = model.arch_weights()
     weights.update(decided)
@@ -115,7 +116,7 @@ def _train_and_val(batch: Any) -> tuple[Any, Any]:
     return batch, None
 
 
-def tune(model: "SearchAlgorithm", decided: dict[str, torch.Tensor], loader: Iterable[Any],
+def tune(model: DifferentiableSupernet, decided: dict[str, torch.Tensor], loader: Iterable[Any],
          weight_optimizer: torch.optim.Optimizer, arch_optimizer: torch.optim.Optimizer,
          max_batches: int | None = None) -> None:
     """One tuning epoch: per batch a first-order architecture step on the validation half of the
@@ -142,7 +143,7 @@ def tune(model: "SearchAlgorithm", decided: dict[str, torch.Tensor], loader: Ite
     weight_optimizer.zero_grad()
 
 
-def perturbation_select(model: "SearchAlgorithm", val_batches: Iterable[Any], train_loader: Iterable[Any] | None = None,
+def perturbation_select(model: DifferentiableSupernet, val_batches: Iterable[Any], train_loader: Iterable[Any] | None = None,
                         proj_interval: int = 0, rng: random.Random | int | None = None,
                         num_batches: int | None = None, criterion: str = "acc",
                         tune_batches: int | None = None, none_candidate: bool = False,
@@ -273,20 +274,20 @@ def perturbation_select(model: "SearchAlgorithm", val_batches: Iterable[Any], tr
                         continue
                     node = generator.choice(nodes[g])
                     nodes[g].remove(node)
-                    inputs = list(range(int(node.split("/")[1])))
+                    inputs = list(range(node_index(node)))
                     trace = []
                     while len(inputs) > 2:
                         removed_input = {}
                         for j in inputs:
                             masked = dict(weights)
-                            masked[f"{node}<-{j}"] = torch.zeros_like(weights[f"{node}<-{j}"])
+                            masked[edge_label(node, j)] = torch.zeros_like(weights[edge_label(node, j)])
                             removed_input[j] = measure(masked)
                         # project_edge drops the edge whose removal hurts least (last on ties)
                         drop = max(inputs, key=lambda j: (-harm(removed_input[j], criterion), j))
                         trace.append({str(j): m for j, m in removed_input.items()})
                         inputs.remove(drop)
-                        decided[f"{node}<-{drop}"] = torch.zeros_like(weights[f"{node}<-{drop}"])
-                        weights[f"{node}<-{drop}"] = decided[f"{node}<-{drop}"]
+                        decided[edge_label(node, drop)] = torch.zeros_like(weights[edge_label(node, drop)])
+                        weights[edge_label(node, drop)] = decided[edge_label(node, drop)]
                     kept_inputs[node] = inputs
                     scores["nodes"][node] = trace
                     if progress:
@@ -310,6 +311,6 @@ def perturbation_select(model: "SearchAlgorithm", val_batches: Iterable[Any], tr
     if space == "nb201":
         arch = Arch(space, {label: op_of(label) for label in labels})
     else:
-        arch = Arch(space, {node: tuple((op_of(f"{node}<-{j}"), j) for j in kept_inputs[node])
+        arch = Arch(space, {node: tuple((op_of(edge_label(node, j)), j) for j in kept_inputs[node])
                             for node in NODE_LABELS})
     return model.space.check(arch), scores

@@ -27,11 +27,19 @@ from oneshot.rank.choose import choose_archs, deiso_truth
 from oneshot.rank.ground_truth import join, load_ground_truth, load_table
 from oneshot.rank.report import write_report
 from oneshot.rank.scoring import BN_MODES, score_archs
-from oneshot.rank.train_truth import parse_shard, train_ground_truth
+from oneshot.algorithms import load_algorithm
+from oneshot.checkpoints import resolve_checkpoint, run_directory
+from oneshot.commands import rank_study
+from oneshot.commands.parsing import OneLineArgumentParser
+from oneshot.commands.rank_truth import parse_shard, train_ground_truth
+from oneshot.data import datamodule_from_run
+
+HELP = ("rank correlation of supernet scores (or a score table) with ground truth; "
+        "--train-ground-truth builds a table by stand-alone training")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="oneshot rank",
         description="rank correlation between supernet scores (or a score table) and ground truth")
     parser.add_argument("sources", nargs="*", metavar="RUN_OR_CKPT",
@@ -97,8 +105,6 @@ def fixed_batches(dataset: Any, images: int, batch_size: int, seed: int) -> list
 
 
 def expand_sources(sources: Sequence[str], all_checkpoints: bool) -> list[Path]:
-    from oneshot.discretize import resolve_checkpoint
-
     paths = []
     for source in sources:
         folder = Path(source) / "checkpoints"
@@ -119,10 +125,8 @@ def supernet_sources(args: argparse.Namespace, archs: list, checkpoints: list[Pa
     protocol entries."""
     from tqdm.auto import tqdm
 
-    from oneshot.discretize import build_datamodule, load_algorithm, run_directory
-
     space_name = first_model.space.name
-    datamodule, data_source = build_datamodule(run_directory(checkpoints[0]), args.data, args.data_root)
+    datamodule, data_source = datamodule_from_run(run_directory(checkpoints[0]), args.data, args.data_root)
     val_batches = fixed_batches(datamodule.arch_eval_set, args.val_images, args.batch_size, args.seed)
     bn_batches = (fixed_batches(datamodule.weight_set, args.bn_images, args.bn_batch_size, args.seed + 1)
                   if args.bn == "recalibrate" else [])
@@ -183,8 +187,7 @@ def main(argv: list[str]) -> dict[str, Any] | None:
 
     args = build_parser().parse_args(argv)
     if args.study:
-        from oneshot.rank.study import run_study
-        return run_study(Path(args.study), Path(args.out) if args.out else None)["report"]
+        return rank_study.run_study(Path(args.study), Path(args.out) if args.out else None, rank=main)["report"]
     if args.train_ground_truth:
         if not (args.space and args.config):
             raise ValueError("--train-ground-truth needs --space and --config (a retrain config, e.g. "
@@ -209,7 +212,6 @@ def main(argv: list[str]) -> dict[str, Any] | None:
             raise ValueError("--scores needs --space (the space its arch strings belong to)")
         space_name = args.space
     else:
-        from oneshot.discretize import load_algorithm
         checkpoints = expand_sources(args.sources, args.all_checkpoints)
         first_model = load_algorithm(checkpoints[0])
         space_name = first_model.space.name
@@ -233,7 +235,6 @@ def main(argv: list[str]) -> dict[str, Any] | None:
                 "sparse_bin": args.sparse_bin,
                 "population": "every architecture of the ground truth (the baseline's distribution)"}
     report = build_report(args, space, archs, truth_values, list(truth.values.values()), sources, protocol)
-    from oneshot.discretize import run_directory
     default = run_directory(checkpoints[0]) / "rank" if checkpoints else Path("runs/rank")
     paths = write_report(report, Path(args.out) if args.out else default, top_ratio=args.top_ratio)
     head = report["sources"][0]["metrics"]

@@ -1,0 +1,62 @@
+"""``oneshot search``: train a supernet and export its architecture (LightningCLI).
+
+With no arguments it runs DARTS on NAS-Bench-201 over the embedded digits dataset, offline, in
+minutes on a CPU. ``--config experiments/<setting>.yaml`` reproduces a paper's search; dotted
+overrides (``--trainer.max_epochs 3``) and ``--print_config`` work as in LightningCLI.
+``--ckpt_path RUN/checkpoints/last.ckpt`` resumes an interrupted search.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from oneshot.checkpoints import read_checkpoint
+from oneshot.commands.common import UserError, add_run_arguments, quiet_lightning, trainer_defaults
+from oneshot.commands.parsing import lightning_cli_class
+
+HELP = "train a supernet and export its architecture (LightningCLI; --help for options)"
+
+
+def check_strategy(trainer: Any, model: Any) -> None:
+    """Single-path algorithms leave unsampled candidates without gradients, which plain DDP
+    rejects at the first backward; say so before anything runs."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    strategy = trainer.strategy
+    if (getattr(model, "single_path", False) and isinstance(strategy, DDPStrategy)
+            and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters")):
+        raise UserError(f"{type(model).__name__} trains one sampled path per step, so the other candidates "
+                        "get no gradient and plain DDP stops at the first backward: use "
+                        "--trainer.strategy ddp_find_unused_parameters_true")
+
+
+def main(argv: list[str]) -> None:
+    quiet_lightning()
+    from oneshot.algorithms import SupernetTraining
+    from oneshot.data import ImageDataModule
+
+    class SearchCLI(lightning_cli_class()):
+        def add_arguments_to_parser(self, parser) -> None:
+            add_run_arguments(parser, {"model": {"class_path": "oneshot.algorithms.DartsSearch"}},
+                              "model.init_args")
+
+    cli = SearchCLI(
+        SupernetTraining, ImageDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        run=False, args=argv, seed_everything_default=2,  # DARTS train_search.py --seed 2
+        auto_configure_optimizers=False,  # the optimizers are the algorithm's own
+        save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "oneshot search"},
+        trainer_defaults=trainer_defaults("search"),
+    )
+    check_strategy(cli.trainer, cli.model)
+    ckpt_path = cli.config.get("ckpt_path")
+    if ckpt_path:
+        try:
+            read_checkpoint(ckpt_path, cli.model.checkpoint_identity())
+        except (FileNotFoundError, ValueError) as error:
+            raise UserError(f"--ckpt_path {error}") from None
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    run_directory = cli.trainer.log_dir  # a collective under DDP: every rank asks
+    if cli.trainer.is_global_zero and not cli.trainer.interrupted:
+        arch = cli.model.export()
+        path = cli.model.write_arch(arch, run_directory)
+        print(f"architecture: {cli.model.space.format(arch)}\nrun directory: {run_directory}\n"
+              f"wrote {path}")

@@ -1,0 +1,127 @@
+"""Selection strategies: how one architecture is chosen from a trained supernet, by name.
+
+One registry serves the search's ``selection`` option and ``oneshot discretize --rule``:
+
+* ``rule``: the algorithm's own export, i.e. the space's discretization rule on its architecture
+  distribution (DARTS top-2 per node, NB201 argmax per edge, PC-DARTS on the edge-normalized
+  weights), the architecture R-DARTS's early stop rolled back to, or a selection the search
+  already made (RSPS's best-of-N);
+* ``best_of_n``: score uniform samples with inherited weights and keep the best
+  (:mod:`oneshot.selection.best_of_n`, NAS-Bench-201's ``search_find_best``);
+* ``perturbation``: DARTS-PT (:mod:`oneshot.selection.perturbation`).
+
+``evolution`` ([2/8]), ``controller`` ([3/8]) and ``predictor`` ([4/8]) join the same registry.
+A strategy receives the supernet through the small protocol of :mod:`oneshot.selection.protocol`
+and validation data, and returns a :class:`Selection`.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from oneshot.selection.best_of_n import best_of_n
+from oneshot.selection.perturbation import perturbation_select
+from supernets import Arch
+
+
+@dataclass
+class Selection:
+    """The chosen architecture, the scores it was chosen by, and the strategy's settings."""
+
+    arch: Arch
+    scores: Any
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+Strategy = Callable[..., Selection]
+STRATEGIES: dict[str, Strategy] = {}
+AFTER_SEARCH_ONLY = ("perturbation",)  # they tune the supernet: `oneshot discretize`, not the search
+
+
+def register(name: str) -> Callable[[Strategy], Strategy]:
+    def add(strategy: Strategy) -> Strategy:
+        if name in STRATEGIES:
+            raise ValueError(f"selection strategy {name!r} is registered twice")
+        STRATEGIES[name] = strategy
+        return strategy
+    return add
+
+
+def names() -> list[str]:
+    return list(STRATEGIES)
+
+
+def check_name(name: str) -> str:
+    if name not in STRATEGIES:
+        raise ValueError(f"selection {name!r} is unknown; accepted: {', '.join(STRATEGIES)}")
+    return name
+
+
+def select(name: str, model: Any, datamodule: Any = None, **options: Any) -> Selection:
+    """Run the strategy ``name`` on ``model``; data-driven strategies need ``datamodule``."""
+    strategy = STRATEGIES[check_name(name)]
+    if name != "rule":
+        if datamodule is None:
+            raise ValueError(f"selection {name} scores on validation data: give a data module")
+        hp = model.hparams
+        if (datamodule.num_classes, datamodule.in_channels) != (hp.num_classes, hp.in_channels):
+            raise ValueError(f"the data ({datamodule.num_classes} classes, {datamodule.in_channels} "
+                             f"channels) do not match the supernet ({hp.num_classes} classes, "
+                             f"{hp.in_channels} channels): pass the search's --data")
+    return strategy(model, datamodule, **options)
+
+
+def arch_weights_record(model: Any) -> dict[str, list[float]]:
+    """The architecture distribution per label, rounded for JSON (empty without one)."""
+    if not hasattr(model, "arch_weights"):
+        return {}
+    return {k: [round(float(p), 6) for p in w.detach().cpu()] for k, w in model.arch_weights().items()}
+
+
+@register("rule")
+def rule(model: Any, datamodule: Any = None, **_: Any) -> Selection:
+    """The search's own export; the scores are the per-label weights it read."""
+    try:
+        arch = model.export()
+    except RuntimeError as error:  # RSPS before its selection: nothing to export
+        raise ValueError(f"{error}; use --rule best_of_n") from None
+    return Selection(arch, arch_weights_record(model))
+
+
+@register("best_of_n")
+def best_of_n_strategy(model: Any, datamodule: Any, num_samples: int = 100, num_batches: int | None = None,
+                       seed: int = 0, shared_batches: bool = True, **_: Any) -> Selection:
+    """Best of ``num_samples`` uniform archs on ``num_batches`` (default 1) validation batches."""
+    num_batches = 1 if num_batches is None else num_batches
+    arch, scores = best_of_n(model, datamodule.val_dataloader(), num_samples, num_batches,
+                             rng=random.Random(seed), shared_batches=shared_batches)
+    settings = {"num_samples": len(scores), "num_batches": num_batches, "seed": seed}
+    if not shared_batches:
+        settings["shared_batches"] = False
+    return Selection(arch, [[text, float(acc), float(loss)] for text, acc, loss in scores], settings)
+
+
+@register("perturbation")
+def perturbation(model: Any, datamodule: Any, num_batches: int | None = None, seed: int = 0,
+                 fresh_arch_optimizer: bool = False, arch_optimizer_state: Any = None,
+                 proj_interval: int = 0, criterion: str = "acc", tune_batches: int | None = None,
+                 none_candidate: bool = False, progress: Callable[[str], None] | None = None,
+                 **_: Any) -> Selection:
+    """DARTS-PT; ``arch_optimizer_state`` continues the search's Adam unless ``fresh_arch_optimizer``."""
+    if not hasattr(model, "alphas"):
+        raise ValueError(f"selection perturbation needs architecture weights; {type(model).__name__} "
+                         "has none: use best_of_n")
+    state = None if fresh_arch_optimizer else arch_optimizer_state
+    options = {"proj_interval": proj_interval, "criterion": criterion, "tune_batches": tune_batches,
+               "none_candidate": none_candidate}
+    torch.manual_seed(seed)  # the tuning's data order
+    arch, scores = perturbation_select(
+        model, datamodule.val_dataloader(),
+        train_loader=datamodule.train_dataloader() if proj_interval else None,
+        rng=random.Random(seed), num_batches=num_batches, arch_optimizer_state=state,
+        progress=progress, **options)
+    return Selection(arch, scores, {"num_batches": num_batches, "seed": seed, **options,
+                                    "arch_optimizer": "fresh" if state is None else "the search's"})
