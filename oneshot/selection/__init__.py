@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from oneshot.selection.best_of_n import best_of_n
+from oneshot.selection.best_of_n import best_of_n as score_best_of_n
 from oneshot.selection.perturbation import perturbation_select
 from supernets import Arch
 
@@ -82,7 +82,7 @@ def arch_weights_record(model: Any) -> dict[str, list[float]]:
 
 
 @register("rule")
-def rule(model: Any, datamodule: Any = None, **_: Any) -> Selection:
+def rule_strategy(model: Any, datamodule: Any = None, **_: Any) -> Selection:
     """The search's own export; the scores are the per-label weights it read."""
     try:
         arch = model.export()
@@ -96,7 +96,7 @@ def best_of_n_strategy(model: Any, datamodule: Any, num_samples: int = 100, num_
                        seed: int = 0, shared_batches: bool = True, **_: Any) -> Selection:
     """Best of ``num_samples`` uniform archs on ``num_batches`` (default 1) validation batches."""
     num_batches = 1 if num_batches is None else num_batches
-    arch, scores = best_of_n(model, datamodule.val_dataloader(), num_samples, num_batches,
+    arch, scores = score_best_of_n(model, datamodule.val_dataloader(), num_samples, num_batches,
                              rng=random.Random(seed), shared_batches=shared_batches)
     settings = {"num_samples": len(scores), "num_batches": num_batches, "seed": seed}
     if not shared_batches:
@@ -105,7 +105,7 @@ def best_of_n_strategy(model: Any, datamodule: Any, num_samples: int = 100, num_
 
 
 @register("perturbation")
-def perturbation(model: Any, datamodule: Any, num_batches: int | None = None, seed: int = 0,
+def perturbation_strategy(model: Any, datamodule: Any, num_batches: int | None = None, seed: int = 0,
                  fresh_arch_optimizer: bool = False, arch_optimizer_state: Any = None,
                  proj_interval: int = 0, criterion: str = "acc", tune_batches: int | None = None,
                  none_candidate: bool = False, progress: Callable[[str], None] | None = None,

@@ -88,7 +88,7 @@ def test_export_follows_the_space_rule():
 
 
 @pytest.mark.parametrize("key, value", [("space", "darts"), ("algorithm", "GdasSearch"),
-                                        ("edges", ["1<-0"])])
+                                        ("choices", ["1<-0"])])
 def test_checkpoint_from_another_space_or_algorithm_is_refused(key, value):
     from oneshot.checkpoints import check_checkpoint_identity
 
@@ -97,5 +97,5 @@ def test_checkpoint_from_another_space_or_algorithm_is_refused(key, value):
     check_checkpoint_identity({"oneshot": dict(expected)}, expected)  # its own identity passes
     with pytest.raises(ValueError, match=key):
         check_checkpoint_identity({"oneshot": {**expected, key: value}}, expected)
-    with pytest.raises(ValueError, match="not written by `oneshot search`"):
+    with pytest.raises(ValueError, match="not written by oneshot"):
         check_checkpoint_identity({}, expected)

@@ -193,7 +193,8 @@ def test_diagnostic_leaves_training_state_alone(tmp_path):
 
 def test_no_hessian_without_trainable_architecture(tmp_path):
     class Fixed(DartsSearch):
-        differentiable = False
+        def architecture_parameters(self):
+            return []  # nothing trainable to take a Hessian of
 
     model = Fixed(space="nb201", space_options={"C": 4, "N": 1}, num_classes=10, in_channels=1,
                   hessian_every=1)

@@ -68,15 +68,14 @@ def test_weight_step_runs_one_candidate_per_edge(cls):
         assert all(len(ks) == 1 for ks in by_edge.values()), by_edge
 
 
-def test_alphas_stay_uniform_and_the_architecture_optimizer_does_nothing():
+def test_single_path_has_no_architecture_parameters_and_one_optimizer():
     model = _model(RandomSinglePathSearch, selection_samples=3)
     trainer = _fit(model)
-    assert all(not a.requires_grad and torch.equal(a, torch.zeros(5)) for a in model.alphas.values())
-    arch_optimizer = trainer.optimizers[1]
-    arch_optimizer.step()
-    assert all(torch.equal(a, torch.zeros(5)) for a in model.alphas.values())
-    assert model.architecture_step(None, None) is None
-    assert all(torch.allclose(w, torch.full((5,), 0.2)) for w in model.arch_weights().values())
+    assert not hasattr(model, "alphas") and not hasattr(model, "arch_weights")
+    assert not any(name.startswith("alphas") for name in model.state_dict())
+    assert len(trainer.optimizers) == 1 and isinstance(trainer.optimizers[0], torch.optim.SGD)
+    with pytest.raises(ValueError, match="no architecture distribution"):
+        _model(RandomSinglePathSearch, selection="rule")
 
 
 def test_samples_are_deterministic_and_vary_with_the_step(monkeypatch):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import supernets
-from oneshot import selection
+import oneshot.selection.best_of_n as selection
 from oneshot.algorithms.rsps import RandomSinglePathSearch
 from oneshot.selection.best_of_n import best_of_n, score_architecture
 from supernets import Arch
