@@ -104,7 +104,8 @@ def build_ours(space: str, algorithm: str, device: torch.device) -> Built:
         return model.loss_and_accuracy((x, y), model.decisions_for_weight_step())[0]
 
     note = f"{type(model).__name__}, input {str(model.input_memory_format()).split('.')[-1]}"
-    return model, list(model.supernet.parameters()), model.architecture_parameters(), step_loss, note
+    arch_params = model.architecture_parameters() if hasattr(model, "architecture_parameters") else []
+    return model, list(model.supernet.parameters()), arch_params, step_loss, note
 
 
 def build_single(space: str, device: torch.device) -> Built:
@@ -367,7 +368,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="our algorithms to measure (xautodl rows: darts and gdas among them)")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: default)")
     parser.add_argument("--memory-format", choices=("channels_last", "contiguous"), default="channels_last",
-                        help="layout of our supernet (SearchAlgorithm memory_format; auto = channels_last on CPU)")
+                        help="layout of our supernet (SupernetTraining memory_format; auto = channels_last on CPU)")
     parser.add_argument("--profile", nargs="*", choices=IMPLEMENTATIONS, default=None,
                         help="print the top 15 ops by self CPU time of the step of each of "
                              "--algorithms instead of the table (default: ours; name 'xautodl' "

@@ -76,12 +76,9 @@ def load_algorithm(ckpt: str | Path) -> SupernetTraining:
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:
         model = cls(**hparams)
-        state = checkpoint["state_dict"]
-        if not hasattr(model, "alphas"):  # older single-path checkpoints stored frozen alphas
-            state = {k: v for k, v in state.items() if not k.startswith("alphas.")}
-        model.on_load_checkpoint(checkpoint)
+        model.on_load_checkpoint(checkpoint)  # as Lightning: before the weights; it may upgrade them
         try:
-            model.load_state_dict(state)
+            model.load_state_dict(checkpoint["state_dict"])
         except RuntimeError as error:
             raise ValueError(f"{ckpt}: its weights do not fit a {name} of this version ({error}); "
                              "rerun the search with this version, or load it with the version "

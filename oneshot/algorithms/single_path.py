@@ -48,6 +48,16 @@ class SinglePathSearch(SupernetTraining):
     def decisions_for_validation(self, batch_idx: int) -> Mapping[str, Any]:
         return self.space.decisions(self.sample_architecture("validation", self.current_epoch, batch_idx))
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints before the family split held zero, frozen alphas and an unused Adam; both
+        are dropped, so such runs still load, resume and select."""
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("alphas.")]:
+            del state[key]
+        if len(checkpoint.get("optimizer_states") or []) == 2:
+            checkpoint["optimizer_states"] = checkpoint["optimizer_states"][:1]
+        super().on_load_checkpoint(checkpoint)
+
     def training_step(self, batch: Any, batch_idx: int) -> None:
         train_batch = batch["train"] if isinstance(batch, Mapping) else batch
         loss, accuracy = self.weight_step(train_batch)

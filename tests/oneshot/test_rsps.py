@@ -1,4 +1,4 @@
-"""RSPS: frozen uniform alphas, one sampled path per weight step, best-of-N at the end, CLI run."""
+"""RSPS: no architecture parameters, one sampled path per weight step, best-of-N at the end, CLI run."""
 import json
 import os
 from collections import defaultdict
