@@ -13,8 +13,8 @@ import supernets
 from supernets import Arch, SearchSpace
 
 
-def resolve_arch(space: SearchSpace, arch: str | None = None, genotype: str | None = None,
-                 index: int | None = None) -> Arch:
+def chosen_arch(space: SearchSpace, arch: str | None = None, genotype: str | None = None,
+                index: int | None = None) -> Arch:
     """An Arch of ``space`` from exactly one of: a string/JSON/file, a published name, an index."""
     if genotype is not None:
         published = getattr(space, "genotypes", {})
@@ -30,7 +30,7 @@ def resolve_arch(space: SearchSpace, arch: str | None = None, genotype: str | No
 def describe(space: SearchSpace, arch: str | None = None, genotype: str | None = None,
              index: int | None = None, num_classes: int = 10, **options: Any) -> str:
     """A few lines a researcher can paste: canonical string, index, params, FLOPs."""
-    resolved = resolve_arch(space, arch, genotype, index)
+    resolved = chosen_arch(space, arch, genotype, index)
     cost = space.cost(resolved, num_classes=num_classes, **options)
     lines = [f"space:   {space.name}", f"arch:    {space.format(resolved)}"]
     if hasattr(space, "index"):
