@@ -6,9 +6,12 @@ A decision is made per forward by the algorithm, never stored in the op:
 * an ``int``: single path, only that candidate runs, no architecture gradient (SPOS, RSPS,
   a sampled subnet with inherited weights);
 * a :class:`SampledPath`: only the chosen candidate runs, and the weights carry the
-  straight-through gradient to the architecture parameters (GDAS).
+  straight-through gradient to the architecture parameters (GDAS); its ``unsampled_gradient``
+  says whether the unsampled candidates' weights take part (xautodl's NB201 cell) or only the
+  chosen one's (xautodl's NASNet cell).
 
-All three go through :func:`weighted_sum`, the one place a fused kernel replaces.
+All three go through :func:`weighted_sum`, the one place a fused kernel replaces (a
+:class:`SampledPath` with ``unsampled_gradient=False`` is a single product instead).
 
 :class:`PartialChannelMixedOp` is the PC-DARTS edge (Xu et al., "PC-DARTS: Partial Channel
 Connections for Memory-Efficient Architecture Search", ICLR 2020; yuhuixu1993/PC-DARTS
@@ -34,10 +37,19 @@ class SampledPath:
         index: the candidate that runs.
         weights: [K]; ``weights[index]`` is 1 in the forward pass and the others 0, while the
             backward pass sees the soft distribution (``hard - soft.detach() + soft``).
+        unsampled_gradient: how the weights enter the edge output; the forward value is
+            ``ops[index](x)`` either way, only the gradient differs.
+            True: ``weights[index] * ops[index](x) + sum_{k != index} weights[k]``, each unsampled
+            candidate contributing its (zero) weight alone, so ``d out / d weights[k]`` is 1 for
+            every unsampled k (xautodl ``NAS201SearchCell.forward_gdas``, GDAS on NB201).
+            False: ``ops[index](x) * weights[index]`` only, so ``d out / d weights[k]`` is 0 for
+            k != index (xautodl ``search_cells.py`` ``MixedOp.forward_gdas``, the NASNet/DARTS
+            space cell, and NB201's ``forward_gdas_v1``).
     """
 
     index: int
     weights: torch.Tensor
+    unsampled_gradient: bool = True
 
 
 Decision = Union[torch.Tensor, int, SampledPath]
@@ -95,13 +107,18 @@ class MixedOp(nn.Module):
 
     def forward(self, x: torch.Tensor, decision: Decision) -> torch.Tensor:
         if isinstance(decision, SampledPath):
+            chosen = self.ops[decision.index](x)
+            if not decision.unsampled_gradient:  # xautodl NASNet MixedOp.forward_gdas
+                return chosen * decision.weights[decision.index]
             outputs: list[torch.Tensor | None] = [None] * len(self.ops)
-            outputs[decision.index] = self.ops[decision.index](x)
+            outputs[decision.index] = chosen
             return weighted_sum(decision.weights, outputs)
         if isinstance(decision, torch.Tensor):
             if decision.dim() != 1 or decision.shape[0] != len(self.ops):
                 raise ValueError(f"dense decision must have shape [{len(self.ops)}], got "
                                  f"{tuple(decision.shape)}")
+            if decision.device != x.device:  # e.g. a constant decision built on the CPU by a space
+                decision = decision.to(x.device)
             if not self.computed:
                 return self.ops[0](x) * decision[0]
             weights = decision.unbind(0)

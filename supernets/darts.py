@@ -14,6 +14,13 @@ every earlier state j < i through one edge. Supernet edge labels are ``"{cell_ty
 (14 normal then 14 reduce, node by node, inputs in order: the DARTS alpha row order). An
 :class:`~supernets.base.Arch` of this space is node-based so that a genotype round-trips exactly:
 label ``"{cell_type}/{i}"`` -> ``((op_index, input), (op_index, input))`` in genotype order.
+
+GDAS's NASNet-space search network (D-X-Y/AutoDL-Projects ``xautodl/models/cell_searchs/``
+``search_model_gdas_nasnet.py`` ``NASNetworkGDAS``, ``search_cells.py`` ``NASNetSearchCell``,
+``xautodl/models/cell_operations.py`` ``POOLING``) differs from DARTS's in two construction details,
+both supernet options here with DARTS's behaviour as the default: no BN after the pooling ops
+(``bn_after_pool=False``) and a BN + ReLU before the global pooling (``last_activation=True``).
+Its genotype rule (``NASNetworkGDAS.genotype``) is :meth:`DartsSpace.discretize_pairs`.
 """
 from __future__ import annotations
 
@@ -90,11 +97,12 @@ class SearchCell(nn.Module):
     ``(label, input index, closes node)`` so the forward is a single loop without lookups.
     With ``partial_channels`` K > 1 the edges are PC-DARTS :class:`PartialChannelMixedOp`
     (ops and the BN after pooling built with C/K channels, as PC-DARTS model_search.py).
+    ``bn_after_pool=False`` leaves the pooling ops bare (xautodl ``cell_operations.POOLING``).
     """
 
     def __init__(self, cell_type: str, steps: int, multiplier: int, C_prev_prev: int, C_prev: int,
                  C: int, reduction: bool, reduction_prev: bool, affine: bool = False,
-                 partial_channels: int = 1):
+                 partial_channels: int = 1, bn_after_pool: bool = True):
         super().__init__()
         self.cell_type = cell_type
         self.reduction = reduction
@@ -110,9 +118,10 @@ class SearchCell(nn.Module):
             for j in range(i):
                 stride = 2 if reduction and j < 2 else 1  # only the cell inputs are strided
                 mixed_ops.append(
-                    MixedOp(PRIMITIVES, C, stride, affine=affine, bn_after_pool=True)
+                    MixedOp(PRIMITIVES, C, stride, affine=affine, bn_after_pool=bn_after_pool)
                     if partial_channels == 1 else
-                    PartialChannelMixedOp(PRIMITIVES, C, stride, affine=affine, bn_after_pool=True,
+                    PartialChannelMixedOp(PRIMITIVES, C, stride, affine=affine,
+                                          bn_after_pool=bn_after_pool,
                                           partial_channels=partial_channels))
                 meta.append((edge_label(f"{cell_type}/{i}", j), j, j == i - 1))
         self.mixed_ops = nn.ModuleList(mixed_ops)
@@ -143,11 +152,18 @@ class DartsSupernet(Supernet):
     a SampledPath, or None for an absent edge); normal cells share the ``normal/...`` decisions
     and reduction cells the ``reduce/...`` ones, as DARTS shares alphas_normal / alphas_reduce.
     ``partial_channels`` K > 1 builds PC-DARTS partial-channel edges (K must divide C).
+
+    ``bn_after_pool`` (default True, DARTS model_search.py ``MixedOp``) follows every pooling
+    candidate by a non-affine BN; GDAS's NASNet search cell has none (xautodl
+    ``cell_operations.POOLING``). ``last_activation`` (default False, DARTS) adds xautodl
+    ``NASNetworkGDAS.lastact``, an affine BN + ReLU on the last cell's output before the global
+    pooling. The defaults leave DARTS's parameters and state dict keys unchanged.
     """
 
     def __init__(self, num_classes: int = 10, C: int = 16, layers: int = 8, steps: int = 4,
                  multiplier: int = 4, stem_multiplier: int = 3, affine: bool = False,
-                 in_channels: int = 3, partial_channels: int = 1):
+                 in_channels: int = 3, partial_channels: int = 1, bn_after_pool: bool = True,
+                 last_activation: bool = False):
         super().__init__()
         self.choices: dict[str, tuple[str, ...]] = {label: PRIMITIVES for label in edge_labels(steps)}
         self.steps, self.multiplier = steps, multiplier
@@ -163,10 +179,13 @@ class DartsSupernet(Supernet):
                 C_curr *= 2
             cells.append(SearchCell("reduce" if reduction else "normal", steps, multiplier,
                                     C_prev_prev, C_prev, C_curr, reduction, reduction_prev, affine,
-                                    partial_channels))
+                                    partial_channels, bn_after_pool))
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
         self.cells = nn.ModuleList(cells)
+        # NASNetworkGDAS.lastact: BatchNorm2d(C_prev) (affine, PyTorch's default) then ReLU
+        self.lastact: nn.Module | None = (nn.Sequential(nn.BatchNorm2d(C_prev), nn.ReLU(inplace=True))
+                                          if last_activation else None)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
 
@@ -178,6 +197,8 @@ class DartsSupernet(Supernet):
         except KeyError:
             self.check_decisions(decisions)  # a KeyError naming the missing labels, if any
             raise
+        if self.lastact is not None:
+            s1 = self.lastact(s1)
         return self.classifier(self.global_pooling(s1).flatten(1))
 
 
@@ -616,11 +637,13 @@ class DartsSpace(SearchSpace):
     # --- networks -----------------------------------------------------------------------------
     def build_supernet(self, num_classes: int = 10, C: int = 16, layers: int = 8, steps: int = 4,
                        multiplier: int = 4, stem_multiplier: int = 3, affine: bool = False,
-                       in_channels: int = 3, partial_channels: int = 1) -> DartsSupernet:
+                       in_channels: int = 3, partial_channels: int = 1, bn_after_pool: bool = True,
+                       last_activation: bool = False) -> DartsSupernet:
         """The search network of train_search.py (8 cells, C=16 by default); ``partial_channels``
-        K > 1 gives PC-DARTS's (model_search.py, K = 4)."""
+        K > 1 gives PC-DARTS's (model_search.py, K = 4); ``bn_after_pool=False`` and
+        ``last_activation=True`` give GDAS's NASNet-space one (xautodl ``NASNetworkGDAS``)."""
         return DartsSupernet(num_classes, C, layers, steps, multiplier, stem_multiplier, affine,
-                             in_channels, partial_channels)
+                             in_channels, partial_channels, bn_after_pool, last_activation)
 
     def build_network(self, arch: Arch, num_classes: int = 10, C: int = 36, layers: int = 20,
                       auxiliary: bool = False, drop_path_prob: float = 0.0, in_channels: int = 3,
@@ -632,20 +655,27 @@ class DartsSpace(SearchSpace):
         return NETWORKS[network](self.genotype_lists(arch), num_classes, C, layers, auxiliary,
                                  drop_path_prob, in_channels)
 
-    def decisions(self, arch: Arch) -> dict[str, int | None]:
+    def decisions(self, arch: Arch) -> dict[str, int | torch.Tensor | None]:
         """Per supernet edge: the op index of a selected edge, None for an absent one.
 
-        Raises:
-            ValueError: if a node uses the same input twice (one edge carries one op).
+        A node whose two entries read the same input (possible with GDAS's pair rule,
+        :meth:`discretize_pairs`) gets, on that edge, a dense [8] decision holding 1 at each of
+        its two ops (2 if the same op is listed twice): the supernet edge then outputs
+        ``op_a(x) + op_b(x)``, as the stand-alone cell sums its two entries. A dense decision
+        runs every non-``none`` candidate of that edge (the others scaled by 0), so it costs
+        more than an int and, in training mode, updates their BatchNorm statistics too.
         """
         choices = self._node_choices(arch)
-        out: dict[str, int | None] = dict.fromkeys(EDGE_LABELS)
+        out: dict[str, int | torch.Tensor | None] = dict.fromkeys(EDGE_LABELS)
         for label, pairs in choices.items():
             (op_a, j_a), (op_b, j_b) = pairs
             if j_a == j_b:
-                raise ValueError(f"{label} uses input {j_a} twice; the supernet has one edge per "
-                                 "input, so it cannot run this genotype")
-            out[edge_label(label, j_a)], out[edge_label(label, j_b)] = op_a, op_b
+                both = torch.zeros(len(PRIMITIVES))
+                both[op_a] += 1.0
+                both[op_b] += 1.0
+                out[edge_label(label, j_a)] = both
+            else:
+                out[edge_label(label, j_a)], out[edge_label(label, j_b)] = op_a, op_b
         return out
 
     def discretize(self, weights: Mapping[str, torch.Tensor]) -> Arch:
@@ -666,4 +696,26 @@ class DartsSpace(SearchSpace):
             best_op = [max(ops, key=lambda k: (row[k], -k)) for row in rows]  # first max
             kept = sorted(range(node), key=lambda j: -rows[j][best_op[j]])[:2]
             choices[label] = tuple((best_op[j], j) for j in kept)
+        return Arch(self.name, choices)
+
+    def discretize_pairs(self, weights: Mapping[str, torch.Tensor]) -> Arch:
+        """GDAS's NASNet-space rule (xautodl ``search_model_gdas_nasnet.py``
+        ``NASNetworkGDAS.genotype``) on per-edge normalized weights.
+
+        For each node, rank every (op, input) pair over all its incoming edges and all
+        non-``none`` ops by weight and keep the top 2, best first. Unlike :meth:`discretize`, the
+        two pairs may share an input (two ops of one edge). Ties keep the lower input first, then
+        the lower op index of :data:`PRIMITIVES` (the reference's stable sort does the same in
+        its own op order, which lists the ops differently).
+        """
+        check_edge_weights(weights, EDGE_LABELS, PRIMITIVES)
+        choices = {}
+        for label in NODE_LABELS:
+            node = node_index(label)
+            pairs = []  # (weight, op, input), inputs then ops in order
+            for j in range(node):
+                row = weights[edge_label(label, j)].detach().float().cpu().tolist()
+                pairs.extend((row[k], k, j) for k in range(len(PRIMITIVES)) if k != NONE_INDEX)
+            best = sorted(pairs, key=lambda p: -p[0])[:2]  # stable: ties keep the order above
+            choices[label] = tuple((k, j) for _, k, j in best)
         return Arch(self.name, choices)

@@ -12,7 +12,7 @@ batch with a fresh sample (``search_func`` in GDAS.py).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,9 @@ import torch.nn.functional as F
 from oneshot.algorithms.base import all_reduce_mean, rank_shared_seed
 from oneshot.algorithms.differentiable import DifferentiableSearch
 from ops.mixed import SampledPath
+from supernets import Arch
+
+GENOTYPE_RULES = ("space", "pairs")
 
 
 def gumbel_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None = None,
@@ -31,7 +34,7 @@ def gumbel_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator
 
 
 def gumbel_straight_through(alpha: torch.Tensor, tau: float, generator: torch.Generator | None = None,
-                            max_tries: int = 100) -> SampledPath:
+                            max_tries: int = 100, unsampled_gradient: bool = True) -> SampledPath:
     """One Gumbel-max sample of ``alpha`` [K] with straight-through Gumbel-softmax weights.
 
     logits = (log_softmax(alpha) + g) / tau, probs = softmax(logits), index = argmax; the
@@ -39,7 +42,8 @@ def gumbel_straight_through(alpha: torch.Tensor, tau: float, generator: torch.Ge
     ``hard - probs.detach() + probs``; ``hard + (probs - probs.detach())`` is the same function
     with the same gradient but is exactly 0/1 in floating point, so the chosen candidate is scaled
     by exactly 1. A draw with inf/NaN (E = 0 gives g = inf) is discarded and redrawn, as
-    ``get_gumbel_prob`` loops.
+    ``get_gumbel_prob`` loops. ``unsampled_gradient`` is passed on to the
+    :class:`~ops.mixed.SampledPath` (how the weights enter the edge output).
 
     Raises:
         ValueError: if ``tau`` <= 0 or ``alpha`` is not a finite vector (redrawing cannot help).
@@ -59,7 +63,7 @@ def gumbel_straight_through(alpha: torch.Tensor, tau: float, generator: torch.Ge
             continue
         index = int(probs.argmax())
         hard = F.one_hot(torch.tensor(index, device=alpha.device), alpha.shape[0]).to(probs.dtype)
-        return SampledPath(index, hard + (probs - probs.detach()))
+        return SampledPath(index, hard + (probs - probs.detach()), unsampled_gradient)
     raise RuntimeError(f"{max_tries} Gumbel draws in a row were not finite for alpha={alpha.tolist()}")
 
 
@@ -73,27 +77,53 @@ class GdasSearch(DifferentiableSearch):
     curve is comparable across epochs. The reference has no separate validation pass; its
     "evaluate" number is the sampled forward of the alpha step, logged here as ``arch_loss``.
 
-    Export: the base's ``space.discretize(softmax(alpha))``. For NB201 that is the argmax per
-    edge including ``none``, as GDAS's NB201 genotype. For the DARTS space it is DARTS's rule
-    (top-2 distinct input edges per node, each with its best non-``none`` op); the reference's
-    NASNet GDAS genotype (``NASNetworkGDAS.genotype``) instead ranks all (op, input) pairs of a
-    node and keeps the top 2 pairs, which may take two ops from the same input. The supernet
-    has one op per edge, so such a genotype could not be run with inherited weights here.
+    Edge output: xautodl has two GDAS forwards. Its NB201 cell
+    (``search_cells.py`` ``NAS201SearchCell.forward_gdas``) adds every unsampled candidate's
+    straight-through weight (0 forward, soft gradient) to the sampled output; its NASNet cell
+    (``search_cells.py`` ``MixedOp.forward_gdas``, used by ``NASNetworkGDAS``) multiplies the
+    sampled output by its own weight only. ``unsampled_gradient`` (True: NB201's, the default)
+    chooses; the forward value is the same, only the architecture gradient differs.
+
+    Export: ``genotype_rule="space"`` (default) is the base's ``space.discretize(softmax(alpha))``:
+    for NB201 the argmax per edge including ``none``, as GDAS's NB201 genotype; for the DARTS
+    space DARTS's rule (top-2 distinct input edges per node, each with its best non-``none`` op).
+    ``genotype_rule="pairs"`` is GDAS's NASNet rule (``search_model_gdas_nasnet.py``
+    ``NASNetworkGDAS.genotype``, :meth:`supernets.darts.DartsSpace.discretize_pairs`): the top 2
+    (op, input) pairs of each node over all non-``none`` pairs, which may take two ops from the
+    same input. Such a genotype builds as a stand-alone network, and validation runs it in the
+    supernet with inherited weights (``space.decisions`` gives such an edge a dense decision
+    selecting both ops). ``experiments/gdas_darts_cifar10.yaml`` turns both NASNet options on,
+    with the supernet's (``bn_after_pool: false``, ``last_activation: true``).
 
     Args:
         tau_max: temperature of the first epoch (GDAS.sh ``--tau_max 10``).
         tau_min: temperature of the last epoch (GDAS.sh ``--tau_min 0.1``).
+        unsampled_gradient: True (default): xautodl NB201 ``forward_gdas``, the unsampled
+            weights enter the edge output as scalars and get gradient; False: xautodl NASNet
+            ``MixedOp.forward_gdas``, only the sampled op's weight does.
+        genotype_rule: ``"space"`` (default): the space's own rule; ``"pairs"``: GDAS's NASNet
+            pair rule, for a space with ``discretize_pairs`` (DARTS).
         **kwargs: the shared optimization settings of :class:`~oneshot.algorithms.differentiable.DifferentiableSearch`.
+
+    Raises:
+        ValueError: on an unknown ``genotype_rule``, or ``"pairs"`` for a space without it.
     """
 
     arch_step_first = False  # search_func: weight step, then architecture step
     single_path = True  # only the sampled candidate runs
 
-    def __init__(self, *args: Any, tau_max: float = 10.0, tau_min: float = 0.1, **kwargs: Any):
+    def __init__(self, *args: Any, tau_max: float = 10.0, tau_min: float = 0.1,
+                 unsampled_gradient: bool = True, genotype_rule: Literal["space", "pairs"] = "space",
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters()
         if not tau_max >= tau_min > 0:
             raise ValueError(f"tau_max={tau_max}, tau_min={tau_min}: need tau_max >= tau_min > 0")
+        if genotype_rule not in GENOTYPE_RULES:
+            raise ValueError(f"genotype_rule={genotype_rule!r}; accepted: {', '.join(GENOTYPE_RULES)}")
+        if genotype_rule == "pairs" and not hasattr(self.space, "discretize_pairs"):
+            raise ValueError(f"genotype_rule='pairs' is GDAS's NASNet-space rule; space "
+                             f"{self.space.name!r} has no discretize_pairs (use 'space')")
         self._validation_decisions: dict[str, Any] | None = None
 
     # --- temperature --------------------------------------------------------------------------
@@ -119,8 +149,9 @@ class GdasSearch(DifferentiableSearch):
     def sampled_decisions(self, purpose: str) -> dict[str, SampledPath]:
         """One straight-through Gumbel sample per edge label, identical on every rank."""
         generator = torch.Generator().manual_seed(rank_shared_seed("gdas", self.global_step, purpose))
-        tau = self.tau
-        return {label: gumbel_straight_through(alpha, tau, generator) for label, alpha in self.alphas.items()}
+        tau, unsampled_gradient = self.tau, bool(self.hparams.unsampled_gradient)
+        return {label: gumbel_straight_through(alpha, tau, generator, unsampled_gradient=unsampled_gradient)
+                for label, alpha in self.alphas.items()}
 
     def decisions_for_weight_step(self) -> Mapping[str, Any]:
         return self.sampled_decisions("weights")
@@ -134,6 +165,22 @@ class GdasSearch(DifferentiableSearch):
         all_reduce_mean([a.grad for a in self.architecture_parameters() if a.grad is not None])
         arch_optimizer.step()
         return loss.detach()
+
+    # --- export ---------------------------------------------------------------------------------
+    def export_rule(self) -> Arch:
+        """The base's (R-DARTS rollback, else the space's rule), or with ``genotype_rule="pairs"``
+        the top-2 (op, input) pairs per node (xautodl ``NASNetworkGDAS.genotype``)."""
+        if self.hparams.genotype_rule != "pairs" or self.eigenvalue_early_stop.stopped:
+            return super().export_rule()
+        return self.space.discretize_pairs({k: w.detach().cpu() for k, w in self.arch_weights().items()})
+
+    def arch_record(self, arch: Arch) -> dict[str, Any]:
+        record = super().arch_record(arch)
+        if (self.hparams.genotype_rule == "pairs" and self.selection is None
+                and not self.eigenvalue_early_stop.stopped):
+            record["rule"] = ("GDAS pairs: top-2 (op, input) pairs per node over the non-none ops "
+                              "(xautodl NASNetworkGDAS.genotype)")
+        return record
 
     # --- validation: the exported architecture as a single path --------------------------------
     def on_validation_epoch_start(self) -> None:

@@ -17,12 +17,25 @@ code ruocwang/darts-pt. What the reference does, and what this module follows:
   ``torch.no_grad`` with the network in *train* mode ("disable running stats for projection":
   BatchNorm normalizes with batch statistics). Here the same, on the given ``val_batches``;
   the BatchNorm running statistics that train mode would update are restored.
-* **Topology** (DARTS space only, ``sota/cnn/projection.py`` ``project_edge``): after all ops are
-  fixed, for a random node remove, one at a time, the input edge whose removal (all its weights
-  set to 0) leaves the *highest* accuracy (*lowest* loss; the last on ties), until two inputs
-  remain. NAS-Bench-201 keeps every edge.
+* **Topology** (DARTS space only, ``sota/cnn/projection.py`` ``project_edge``; the result is
+  applied by ``project_edge`` of ``sota/cnn/model_search_darts_proj.py``): after all ops are fixed,
+  take a random node among those with more than two inputs (``nid2eids``: nodes 3, 4, 5; node 2
+  has exactly two and is never a candidate). Every measurement starts from fresh
+  ``get_projected_weights()`` and sets only the *measured* input edge to 0 (all its weights): an
+  input eliminated earlier for the same node is not zeroed in later measurements, since the
+  model's projection is only updated once the node is done. The reference sweeps the remaining
+  inputs and drops the one whose removal leaves the *highest* accuracy (*lowest* loss; ``not
+  compare``, so the last on ties), repeating until two remain; so it keeps the two inputs whose
+  removal hurts most (the lower input on ties). Then the dropped inputs' projected weights are all
+  0 and the two kept ones stay one-hot on their ops. ``genotype()`` takes, per node, the two inputs
+  with the largest non-``none`` weight (a stable sort: the lower input on ties; node 2 keeps both
+  of its inputs), which are the kept two unless one is one-hot on ``none``. All the same here:
+  the same zeroing, drops, tie rule, projected weights and genotype parse. NAS-Bench-201 keeps
+  every edge.
 * **Rounds**: in the DARTS space each round decides one normal and one reduce edge (or node)
-  (``project_op(..., 'normal')`` then ``'reduce'``); NB201 has one cell type.
+  (``project_op(..., 'normal')`` then ``'reduce'``); ``pt_project`` makes ``num_edges +
+  len(nid2eids)`` = 14 + 3 = 17 rounds: 14 op rounds, then 3 node rounds (nodes 3, 4, 5; none for
+  node 2), as here. NB201 has one cell type and one round per edge (6).
 * **Tuning between rounds** (``proj_interval`` = ``--proj_intv``, 5 in ``exp_scripts/*proj*.sh``):
   epochs of the search's bilevel training on the projected network: per training batch one
   first-order architecture step on a validation batch (``architect.step`` is called without
@@ -30,9 +43,12 @@ code ruocwang/darts-pt. What the reference does, and what this module follows:
   the weight SGD is reset to lr ``learning_rate / 10`` with the search's momentum and weight decay
   (``model.reset_optimizer``). The DARTS code builds a cosine scheduler over the tuning epochs but
   never steps it, so the lr stays at ``learning_rate / 10`` in both spaces, as here. The reference
-  projects at ``epoch % proj_intv == 0`` and at the last of ``proj_intv * (rounds - 1)`` (NB201)
-  or ``proj_intv * (rounds - 1) + 1`` (DARTS) tuning epochs: every gap is ``proj_intv`` epochs
-  except NB201's last, ``proj_intv - 1``. :func:`tuning_epochs` gives those gaps.
+  projects at ``epoch % proj_intv == 0`` and at the last of ``proj_intv * (rounds - 1)`` (NB201,
+  ``nasbench201/projection.py`` ``pt_project``) or ``proj_intv * (rounds - 1) + 1`` (DARTS,
+  ``sota/cnn/projection.py`` ``pt_project``: ``num_projs = 14 + 3 - 1 = 16``, so ``16 * proj_intv
+  + 1`` epochs, projecting at 0, ``proj_intv``, ..., ``16 * proj_intv``) tuning epochs: every gap
+  is ``proj_intv`` epochs except NB201's last, ``proj_intv - 1``; DARTS has 16 gaps for its 17
+  rounds. :func:`tuning_epochs` gives those gaps.
 
 Where this module differs:
 
@@ -48,7 +64,11 @@ Where this module differs:
   ``genotype()`` parses it, as the first other op (all its weights are 0 there);
 * every measurement uses the same fixed ``val_batches``, by default the whole validation set
   as the reference's ``infer`` (which reshuffles its queue each time; with BatchNorm in train
-  mode the batch composition changes the result slightly).
+  mode the batch composition changes the result slightly);
+* topology: each input of a node is measured once. The reference re-measures the remaining
+  inputs in every sweep of ``project_edge``, but with the same weights (only its reshuffled queue
+  differs), so on the fixed ``val_batches`` the repeats would give the same numbers; the drops are
+  made from the single measurements, in the reference's order and with its tie rule.
 """
 from __future__ import annotations
 
@@ -93,7 +113,13 @@ def harm(measurement: Measurement, criterion: str) -> float:
 
 
 def tuning_epochs(space: str, rounds: int, proj_interval: int) -> list[int]:
-    """Tuning epochs after each round but the last, as the reference schedules them."""
+    """Tuning epochs after each round but the last, as the reference schedules them.
+
+    The reference projects at ``epoch % proj_intv == 0`` and at its last epoch: DARTS trains
+    ``proj_intv * (rounds - 1) + 1`` epochs (17 rounds: 16 gaps of ``proj_intv``, the epoch after
+    the last projection is not a gap), NB201 ``proj_intv * (rounds - 1)`` (its last gap is
+    ``proj_intv - 1``).
+    """
     gaps = [proj_interval] * max(rounds - 1, 0)
     if space == "nb201" and gaps and proj_interval > 1:
         gaps[-1] = proj_interval - 1  # projects at the last of proj_intv * (edges - 1) epochs
@@ -171,8 +197,8 @@ def perturbation_select(model: DifferentiableSupernet, val_batches: Iterable[Any
         candidate's index order; ``None`` where an op was not a candidate), in ``"ops"``; the
         order edges were decided in, ``"edge_order"``; the unperturbed measurement before each
         round, ``"base"``; the tuning epochs after each round, ``"tuning_epochs"``; DARTS space
-        only, per node the measurement with each input edge removed at each elimination,
-        ``"nodes"``.
+        only, per node with more than two inputs the measurement with each input edge removed
+        (keyed by the input), ``"nodes"``.
 
     Raises:
         NotImplementedError: for a space other than ``nb201`` and ``darts``.
@@ -206,7 +232,8 @@ def perturbation_select(model: DifferentiableSupernet, val_batches: Iterable[Any
     if space == "darts":
         from supernets.darts import NONE_INDEX, NODE_LABELS
         excluded = set() if none_candidate else {NONE_INDEX}
-        nodes = {g: [n for n in NODE_LABELS if n.startswith(g)] for g in groups}
+        # project_edge's candidates (nid2eids): the nodes with more than two inputs; node 2 has no round
+        nodes = {g: [n for n in NODE_LABELS if n.startswith(g) and node_index(n) > 2] for g in groups}
     op_rounds = max(len(v) for v in undecided.values())
     node_rounds = max((len(v) for v in nodes.values()), default=0)
     gaps = tuning_epochs(space, op_rounds + node_rounds, proj_interval)
@@ -227,7 +254,6 @@ def perturbation_select(model: DifferentiableSupernet, val_batches: Iterable[Any
                                  f"({error}); pass --fresh-arch-optimizer") from None
 
     decided: dict[str, torch.Tensor] = {}
-    kept_inputs: dict[str, list[int]] = {}
     scores: dict[str, Any] = {"criterion": criterion, "ops": {}, "edge_order": [], "base": [],
                               "tuning_epochs": gaps}
     if space == "darts":
@@ -275,23 +301,21 @@ def perturbation_select(model: DifferentiableSupernet, val_batches: Iterable[Any
                     node = generator.choice(nodes[g])
                     nodes[g].remove(node)
                     inputs = list(range(node_index(node)))
-                    trace = []
-                    while len(inputs) > 2:
-                        removed_input = {}
-                        for j in inputs:
-                            masked = dict(weights)
-                            masked[edge_label(node, j)] = torch.zeros_like(weights[edge_label(node, j)])
-                            removed_input[j] = measure(masked)
-                        # project_edge drops the edge whose removal hurts least (last on ties)
-                        drop = max(inputs, key=lambda j: (-harm(removed_input[j], criterion), j))
-                        trace.append({str(j): m for j, m in removed_input.items()})
-                        inputs.remove(drop)
-                        decided[edge_label(node, drop)] = torch.zeros_like(weights[edge_label(node, drop)])
-                        weights[edge_label(node, drop)] = decided[edge_label(node, drop)]
-                    kept_inputs[node] = inputs
-                    scores["nodes"][node] = trace
+                    removed_input = {}
+                    for j in inputs:  # project_edge: only the measured edge is zeroed
+                        masked = dict(weights)
+                        masked[edge_label(node, j)] = torch.zeros_like(weights[edge_label(node, j)])
+                        removed_input[j] = measure(masked)
+                    kept = list(inputs)
+                    while len(kept) > 2:  # drop the edge whose removal hurts least (last on ties)
+                        kept.remove(max(kept, key=lambda j: (-harm(removed_input[j], criterion), j)))
+                    for j in inputs:  # model.project_edge: the inputs not kept become all 0
+                        if j not in kept:
+                            decided[edge_label(node, j)] = torch.zeros_like(weights[edge_label(node, j)])
+                            weights[edge_label(node, j)] = decided[edge_label(node, j)]
+                    scores["nodes"][node] = {str(j): m for j, m in removed_input.items()}
                     if progress:
-                        progress(f"round {round_index + 1}/{op_rounds + node_rounds}: {node} keeps inputs {inputs}")
+                        progress(f"round {round_index + 1}/{op_rounds + node_rounds}: {node} keeps inputs {kept}")
             if round_index < len(gaps):
                 for epoch in range(gaps[round_index]):
                     tune(model, decided, train_loader, weight_optimizer, arch_optimizer, tune_batches)
@@ -308,9 +332,16 @@ def perturbation_select(model: DifferentiableSupernet, val_batches: Iterable[Any
                        key=lambda k: (float(final[label][k]), -k))
         return int(final[label].argmax())
 
+    def inputs_of(node: str) -> list[int]:
+        # DARTS-PT's genotype(): the two inputs with the largest weight but `none` (a stable sort,
+        # so the lower input on ties), strongest first; the kept two unless one is one-hot `none`
+        strength = {j: max(float(w) for k, w in enumerate(final[edge_label(node, j)]) if k != NONE_INDEX)
+                    for j in range(node_index(node))}
+        return sorted(strength, key=lambda j: -strength[j])[:2]
+
     if space == "nb201":
         arch = Arch(space, {label: op_of(label) for label in labels})
     else:
-        arch = Arch(space, {node: tuple((op_of(edge_label(node, j)), j) for j in kept_inputs[node])
+        arch = Arch(space, {node: tuple((op_of(edge_label(node, j)), j) for j in inputs_of(node))
                             for node in NODE_LABELS})
     return model.space.check(arch), scores

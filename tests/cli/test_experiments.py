@@ -64,5 +64,56 @@ def test_nb201_darts_is_the_benchmark_papers_setting(name, unrolled):
     assert model["space"] == "nb201" and model["space_options"]["C"] == 16 and model["space_options"]["N"] == 5
     assert model["unrolled"] is unrolled and model["arch_step_first"] is unrolled  # V1: weights first
     assert (model["weight_decay"], model["nesterov"], model["learning_rate_min"]) == (5e-4, True, 0.001)
-    assert model["lr_schedule_interval"] == "step"  # xautodl anneals the cosine every step
+    assert model["lr_schedule_interval"] == "epoch"  # xautodl: the cosine reads the integer epoch
     assert config["data"]["init_args"]["normalization"] == "nb201"
+
+
+NB201_SEARCHES = [name for name in map(os.path.basename, CONFIGS)
+                  if not name.startswith(("rank_", "retrain_"))
+                  and _load(name)["model"]["init_args"].get("space") == "nb201"]
+
+
+def test_the_nb201_searches_are_found():
+    assert {"rsps_nb201_cifar10.yaml", "nb201_darts_v1_cifar10.yaml", "nb201_darts_v2_cifar10.yaml",
+            "gdas_nb201_cifar10.yaml", "rsps_nb201_digits_cpu.yaml"} <= set(NB201_SEARCHES)
+
+
+@pytest.mark.parametrize("name", NB201_SEARCHES)
+def test_nb201_search_anneals_the_cosine_per_epoch(name):
+    """xautodl CosineAnnealingLR.get_lr (xautodl/procedures/optimizers.py) reads only the integer
+    epoch past warm-up (warmup 0 in every NB201 algos config): the lr is constant within an epoch."""
+    model = _load(name)["model"]["init_args"]
+    assert model.get("lr_schedule_interval", "epoch") == "epoch"
+
+
+def test_rsps_cifar10_is_the_benchmark_papers_setting():
+    """RANDOM-NAS.sh + RANDOM.config; search_find_best scores each of --select_num 100 uniform cells
+    on the next batch of valid_loader, built with test_batch_size 512."""
+    config = _load("rsps_nb201_cifar10.yaml")
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    assert config["trainer"]["max_epochs"] == 250 and model["space"] == "nb201"
+    assert model["space_options"]["C"] == 16 and model["space_options"]["N"] == 5
+    assert (model["learning_rate"], model["learning_rate_min"], model["momentum"]) == (0.025, 0.001, 0.9)
+    assert (model["weight_decay"], model["nesterov"], model["grad_clip"]) == (5e-4, True, 5.0)
+    assert (data["batch_size"], data["eval_batch_size"], data["normalization"]) == (64, 512, "nb201")
+    assert (model["selection_samples"], model["selection_batches"]) == (100, 1)
+    assert model["selection_shared_batches"] is False  # each candidate on the next batch
+
+
+def test_rsps_digits_selects_on_the_next_batches():
+    """The CPU config keeps the reference's next-batch protocol on a small validation half."""
+    config = _load("rsps_nb201_digits_cpu.yaml")
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    assert (model["selection_samples"], model["selection_batches"]) == (100, 1)
+    assert model["selection_shared_batches"] is False
+    assert data["eval_batch_size"] < 512  # deviates: 719 validation images
+
+
+def test_imagenet_retrain_comments_quote_the_argparse_defaults():
+    """quark0/darts@f276dd3 train_imagenet.py: --epochs 250, --init_channels 48 (the paper's)."""
+    with open(os.path.join(ROOT, "experiments", "retrain_darts_imagenet.yaml")) as f:
+        text = f.read()
+    config = yaml.safe_load(text)
+    assert config["trainer"]["max_epochs"] == 250 and config["model"]["network_options"]["C"] == 48
+    assert "--epochs 250" in text and "--init_channels 48" in text
+    assert "default --epochs is 1000" not in text and "default --init_channels is 50" not in text

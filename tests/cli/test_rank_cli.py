@@ -64,6 +64,9 @@ def test_supernet_against_a_table_writes_the_report_and_its_protocol(run, space,
           "--out", str(out), *SMALL])
     report = json.loads((out / "rank.json").read_text())
     assert report["protocol"]["bn_mode"] == "train" and report["protocol"]["n"] == len(INDICES)
+    # the options given (SMALL) are what the protocol records; batch statistics: no BN images
+    assert report["protocol"]["archs"] == "all" and report["protocol"]["val_images"] == 64
+    assert report["protocol"]["bn_images"] is None
     assert report["protocol"]["ground_truth"]["column"] == "acc"
     by_arch = dict(zip(report["archs"], report["truth"]))
     assert by_arch == {space.format(space.from_index(i)): 50 + (i * 7919) % 45 for i in INDICES}
@@ -75,6 +78,48 @@ def test_supernet_against_a_table_writes_the_report_and_its_protocol(run, space,
     assert (out / "rank.png").stat().st_size > 1000 and "bn_mode: train" in (out / "rank.md").read_text()
     assert any((out / "tensorboard").iterdir())
     assert "Kendall tau" in capsys.readouterr().out
+
+
+def test_rank_defaults_are_2000_bn_images_1000_validation_images_and_100_sampled_archs():
+    from oneshot.commands.rank import build_parser
+
+    args = build_parser().parse_args([])
+    assert (args.bn_images, args.val_images, args.archs) == (2000, 1000, "sample:100")
+    assert (args.bn, args.bn_batch_size, args.batch_size, args.seed) == ("recalibrate", 200, 250, 0)
+
+
+def test_the_defaults_are_what_a_run_uses_and_its_protocol_records(run, space, tmp_path, monkeypatch):
+    """With no options, 100 sampled architectures are scored on 1,000 validation images after BN
+    recalibration on 2,000 training images, and rank.json says so. The digits' search halves
+    hold 718/719 images, so the run's data are stood in for by 3,000 images; the scorer is a
+    stand-in that records what it is given."""
+    import torch
+    from types import SimpleNamespace
+    from torch.utils.data import TensorDataset
+
+    import oneshot.commands.rank as rank_command
+
+    g = torch.Generator().manual_seed(0)
+    images = TensorDataset(torch.randn(3000, 1, 8, 8, generator=g), torch.randint(0, 10, (3000,), generator=g))
+    monkeypatch.setattr(rank_command, "datamodule_from_run",
+                        lambda run, data, root: (SimpleNamespace(arch_eval_set=images, weight_set=images), "stand-in"))
+    given = []
+
+    def score_archs(model, archs, val_batches, bn_mode, bn_batches, progress=None):
+        given.append((len(archs), [len(y) for _, y in val_batches], bn_mode, [len(y) for _, y in bn_batches]))
+        return [(0.5 + 0.001 * i, 1.0 - 0.001 * i) for i in range(len(archs))]
+
+    monkeypatch.setattr(rank_command, "score_archs", score_archs)
+    indices = list(range(0, 15625, 125))  # 125 architectures to sample 100 from
+    truth = _table(tmp_path / "truth.csv", space, indices, lambda i: 60 + i % 17)
+    rank_main([str(run), "--ground-truth", str(truth), "--out", str(tmp_path / "defaults")])
+    (n_archs, val_sizes, bn_mode, bn_sizes), = given
+    assert n_archs == 100 and bn_mode == "recalibrate"
+    assert sum(val_sizes) == 1000 and set(val_sizes) == {250}  # --batch-size 250
+    assert sum(bn_sizes) == 2000 and set(bn_sizes) == {200}  # --bn-batch-size 200
+    protocol = json.loads((tmp_path / "defaults" / "rank.json").read_text())["protocol"]
+    assert (protocol["archs"], protocol["n"], protocol["bn_mode"]) == ("sample:100", 100, "recalibrate")
+    assert (protocol["val_images"], protocol["bn_images"]) == (1000, 2000)
 
 
 def test_score_table_and_several_sources_share_the_joins(run, space, tmp_path):
@@ -170,6 +215,7 @@ def test_a_whole_study_from_one_file_and_its_errors(tmp_path, monkeypatch):
     shutil.copy(os.path.join(experiments, "rsps_nb201_digits_cpu.yaml"), path.parent)
     report = rank_main(["--study", str(path), "--out", "study"])
     assert report["protocol"]["n"] == 3 and report["protocol"]["bn_mode"] == "recalibrate"
+    assert report["protocol"]["bn_images"] == 64 and report["protocol"]["val_images"] == 64
     assert (tmp_path / "study" / "search" / "arch.json").is_file()
     assert (tmp_path / "study" / "ground_truth" / "ground_truth.csv").is_file()
     assert (tmp_path / "study" / "rank" / "rank.md").is_file()

@@ -1,16 +1,21 @@
-"""DARTS updates: the second-order gradient against an exact Hessian-vector product."""
+"""DARTS updates: the first-order architecture step (Adam on the validation gradient) and the
+second-order gradient against an exact Hessian-vector product."""
+import copy
+
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
+from torch.utils.data import DataLoader
 
 from oneshot.algorithms import DartsSearch
 
 
-def _tiny_model():
+def _tiny_model(unrolled=True):
     torch.manual_seed(0)
     model = DartsSearch(space="nb201", space_options={"C": 4, "N": 1}, num_classes=3, in_channels=1,
-                        unrolled=True, weight_decay=3e-4, momentum=0.9, learning_rate=0.1)
+                        unrolled=unrolled, weight_decay=3e-4, momentum=0.9, learning_rate=0.1)
     model = model.double()
     with torch.no_grad():  # a decided distribution makes the Hessian term large
         for alpha in model.alphas.values():
@@ -66,15 +71,51 @@ def test_second_order_gradient_matches_exact_hessian_vector_product():
     assert torch.allclose(ours_flat, exact_flat, rtol=1e-4, atol=1e-7), (ours_flat - exact_flat).abs().max()
 
 
-def test_first_order_gradient_is_the_validation_gradient():
-    model = _tiny_model()
-    model.hparams.unrolled = False
-    val = _batch(2)
-    loss = model.supernet_loss(val)
-    expected = torch.autograd.grad(loss, model.architecture_parameters())
-    model.supernet_loss(val).backward()
-    for a, e in zip(model.architecture_parameters(), expected):
-        assert torch.allclose(a.grad, e)
+def _with_optimizers(model):
+    """The model's optimizers set up as fit sets them up (a fit without batches), so that its
+    own ``architecture_step`` runs with a trainer attached; in train mode, as in training."""
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=0, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, train_dataloaders=DataLoader([0]))
+    return model.train()
+
+
+def _alpha_gradient(model, batch):
+    """dL(batch)/dalpha of the dense supernet, computed apart from the model's own code path."""
+    alphas = [a.detach().clone().requires_grad_() for a in model.alphas.values()]
+    decisions = {k: torch.softmax(a, -1) for k, a in zip(model.alphas.keys(), alphas)}
+    loss = F.cross_entropy(model.supernet(batch[0], decisions), batch[1])
+    return loss.detach(), torch.autograd.grad(loss, alphas)
+
+
+def test_first_order_architecture_step_is_adam_on_the_validation_gradient():
+    model = _with_optimizers(_tiny_model(unrolled=False))
+    train, val = _batch(1), _batch(2)
+    before = copy.deepcopy(model)  # weights, alphas and BN as the step finds them
+    expected_loss, expected = _alpha_gradient(copy.deepcopy(before), val)
+    _, train_gradient = _alpha_gradient(copy.deepcopy(before), train)
+    # the two batches give different gradients, so a step on the training batch would fail below
+    assert not torch.allclose(torch.cat(expected), torch.cat(train_gradient), rtol=0.1)
+
+    loss = model.architecture_step(train, val)
+
+    assert loss.item() == pytest.approx(expected_loss.item(), rel=1e-10)
+    for (label, alpha), g in zip(model.alphas.items(), expected):
+        assert torch.allclose(alpha.grad, g, rtol=1e-8, atol=1e-12), label
+    # the new alphas are one Adam step (the configured lr, betas, weight decay) from the old ones
+    h = model.hparams
+    reference = [a.detach().clone().requires_grad_() for a in before.alphas.values()]
+    adam = torch.optim.Adam(reference, lr=h.arch_learning_rate, betas=tuple(h.arch_betas),
+                            weight_decay=h.arch_weight_decay)
+    for r, g in zip(reference, expected):
+        r.grad = g.clone()
+    adam.step()
+    for (label, alpha), old, new in zip(model.alphas.items(), before.alphas.values(), reference):
+        assert not torch.equal(alpha, old), label  # a step was taken
+        assert torch.allclose(alpha, new, rtol=0, atol=1e-12), label
+    # first order: the supernet weights are not moved by the architecture step
+    for (name, w), w0 in zip(model.supernet.named_parameters(), before.supernet.parameters()):
+        assert torch.equal(w, w0), name
 
 
 def test_export_follows_the_space_rule():

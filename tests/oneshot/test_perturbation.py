@@ -53,8 +53,11 @@ def test_loss_criterion_keeps_the_op_whose_removal_raises_the_loss_most(tiny, di
 def test_the_reference_tuning_schedule():
     # NB201: 6 rounds, projections at epochs 0, 5, 10, 15, 20 and the last of 25 (24)
     assert perturbation.tuning_epochs("nb201", 6, 5) == [5, 5, 5, 5, 4]
-    # DARTS: 14 op rounds + 4 node rounds, projections every 5 of 86 epochs (0 ... 85)
-    assert perturbation.tuning_epochs("darts", 18, 5) == [5] * 17
+    # DARTS (sota/cnn/projection.py pt_project): 14 op rounds + 3 node rounds (nodes 3, 4, 5; node 2
+    # has only two inputs and no round) = 17; num_projs = 16, so 5 * 16 + 1 = 81 epochs (0 ... 80),
+    # projecting at 0, 5, ..., 80: 16 gaps of 5 (the epoch after the last projection is no gap)
+    assert perturbation.tuning_epochs("darts", 17, 5) == [5] * 16
+    assert perturbation.tuning_epochs("darts", 17, 1) == [1] * 16  # 17 epochs, a projection each
     assert perturbation.tuning_epochs("nb201", 6, 0) == [0] * 5
 
 
@@ -132,7 +135,10 @@ def test_darts_space_keeps_the_two_inputs_whose_removal_hurts_most(monkeypatch):
     for node, inputs in wanted_inputs.items():
         assert arch[node] == tuple((wanted_ops[f"{node}<-{j}"], j) for j in inputs)
     assert all(scores["ops"][label][0] is None for label in model.alphas)  # `none` is no candidate
-    assert len(scores["nodes"]["normal/5"]) == 3  # five inputs, removed one at a time down to two
+    assert len(scores["nodes"]["normal/5"]) == 5  # each of the five inputs measured once
+    # 17 rounds as the reference: 14 op rounds, 3 node rounds (node 2 has no round)
+    assert set(scores["nodes"]) == {f"{c}/{n}" for c in ("normal", "reduce") for n in (3, 4, 5)}
+    assert len(scores["base"]) == 17 and scores["tuning_epochs"] == [0] * 16
     assert space.format(arch).startswith("Genotype(")
 
 
@@ -219,3 +225,75 @@ def test_discretize_rule_perturbation_writes_a_loadable_arch(tmp_path):
     for label, removed in record["scores"]["ops"].items():
         accuracies = [m["acc"] for m in removed]
         assert arch[label] == min(range(5), key=lambda i: (accuracies[i], i))
+
+
+def _darts_model():
+    torch.manual_seed(0)
+    return DartsSearch(space="darts", space_options={"C": 4, "layers": 3}, num_classes=10, in_channels=1)
+
+
+def _zeroed(weights, cell):
+    return {k for k, w in weights.items() if k.startswith(cell + "/") and float(w.abs().sum()) == 0.0}
+
+
+@pytest.mark.parametrize("criterion", ["acc", "loss"])
+def test_topology_zeroes_only_the_measured_edge_and_keeps_the_reference_top2(monkeypatch, criterion):
+    """project_edge measures each removal on fresh projected weights: an input dropped earlier for
+    the node is not zeroed in later measurements, so interactions between dropped inputs (here a
+    penalty when inputs 0 and 1 of node 4 are both gone) cannot change which two are kept."""
+    model = _darts_model()
+    wanted_ops = {label: 1 + (i % 7) for i, label in enumerate(model.alphas)}  # never `none`
+    single = {3: {0: 0.0, 1: 0.0, 2: 0.0},  # all tied: the lower two inputs are kept
+              4: {0: 0.0, 1: 0.001, 2: 0.002, 3: 0.003},
+              5: {0: 0.004, 1: 0.0, 2: 0.004, 3: 0.0, 4: 0.004}}  # three tied at the top: keep 0, 2
+    expected = {3: (0, 1), 4: (2, 3), 5: (0, 2)}  # cumulative dropping would keep (1, 3) for node 4
+    calls = []
+
+    def scorer(model, weights, batches):
+        calls.append({k: w.clone() for k, w in weights.items()})
+        hurt = 0.01 * sum(1 for label, op in wanted_ops.items() if float(weights[label][op]) == 0.0)
+        for cell in ("normal", "reduce"):
+            gone = {(int(k.split("/")[1].split("<-")[0]), int(k.split("<-")[1])) for k in _zeroed(weights, cell)}
+            hurt += sum(single[n][j] for n, j in gone)
+            hurt += 0.1 if {(4, 0), (4, 1)} <= gone else 0.0
+        return {"acc": 0.9 - hurt, "loss": 1.0 + hurt}
+
+    monkeypatch.setattr(perturbation, "masked_scores", scorer)
+    arch, scores = perturbation_select(model, [(torch.zeros(1), torch.zeros(1))], rng=0, criterion=criterion)
+    for cell in ("normal", "reduce"):
+        for n, inputs in expected.items():
+            assert arch[f"{cell}/{n}"] == tuple((wanted_ops[f"{cell}/{n}<-{j}"], j) for j in inputs)
+        assert arch[f"{cell}/2"] == tuple((wanted_ops[f"{cell}/2<-{j}"], j) for j in (0, 1))
+    # 17 bases, 7 candidates on each of 14 edges per cell, each input of nodes 3, 4, 5 once per cell
+    assert len(calls) == 17 + 2 * 14 * 7 + 2 * (3 + 4 + 5)
+    node_calls = calls[14 * (1 + 2 * 7):]  # after 14 op rounds: the node rounds' bases and measurements
+    order = list(scores["nodes"])  # normal, reduce of round 15, then of 16, then of 17
+    for r in range(3):
+        base = node_calls.pop(0)
+        for node in order[2 * r:2 * r + 2]:
+            cell, n = node.split("/")
+            for j in range(int(n)):  # only the measured edge is zeroed beyond the projection
+                assert _zeroed(node_calls.pop(0), cell) - _zeroed(base, cell) == {f"{node}<-{j}"}
+    assert node_calls == []
+
+
+def test_genotype_reads_the_inputs_as_darts_pt_does_when_a_kept_edge_is_none(monkeypatch):
+    """DARTS-PT's genotype() ranks a node's inputs by their largest weight but `none`: a kept input
+    one-hot on `none` ranks with the dropped (all-zero) ones, the lowest of which then shows."""
+    model = _darts_model()
+    wanted_ops = {label: 1 + (i % 7) for i, label in enumerate(model.alphas)}
+    wanted_ops["normal/3<-2"] = 0  # `none` wins this edge
+    wanted_inputs = {"normal/3": (1, 2)}
+
+    def scorer(model, weights, batches):
+        lost = sum(1 for label, op in wanted_ops.items() if float(weights[label][op]) == 0.0)
+        lost += sum(1 for node, inputs in wanted_inputs.items() for j in inputs
+                    if float(weights[f"{node}<-{j}"].sum()) == 0.0)
+        return {"acc": 0.9 - 0.01 * lost, "loss": 1.0 + lost}
+
+    monkeypatch.setattr(perturbation, "masked_scores", scorer)
+    arch, scores = perturbation_select(model, [(torch.zeros(1), torch.zeros(1))], rng=0, none_candidate=True)
+    removed = scores["nodes"]["normal/3"]
+    assert removed["0"]["acc"] > removed["1"]["acc"] == removed["2"]["acc"]  # inputs 1, 2 are kept
+    # weights: input 1 one-hot on its op, 2 one-hot on `none`, 0 all zero: the stable sort gives 1, 0
+    assert arch["normal/3"] == ((wanted_ops["normal/3<-1"], 1), (1, 0))

@@ -75,3 +75,45 @@ def test_step_interval_cosine_follows_every_training_step(tmp_path):
     assert seen == pytest.approx(expected)
     with pytest.raises(ValueError, match="lr_schedule_interval"):
         DartsSearch(space="nb201", space_options={"C": 4, "N": 1}, lr_schedule_interval="batch")
+
+
+# -- retraining ----------------------------------------------------------------------------------
+def _retrain(root, callbacks=(), ckpt_path=None):
+    """A tiny DARTS-space retrain whose every step draws randomness: drop path (torch), cutout and
+    random crops (torch, in the loader), shuffling (the sampler's seed, from torch)."""
+    from oneshot.retrain import RetrainModule
+
+    L.seed_everything(0)
+    model = RetrainModule("DARTS_V2", network_options={"C": 4, "layers": 3}, num_classes=10, in_channels=1,
+                          drop_path_prob=0.3, grad_clip=5.0)
+    data = DigitsDataModule(batch_size=64, bilevel=False, cutout=4)
+    trainer = L.Trainer(max_epochs=EPOCHS, default_root_dir=root, limit_train_batches=3, limit_val_batches=1,
+                        enable_progress_bar=False, enable_model_summary=False, logger=False,
+                        callbacks=[ModelCheckpoint(dirpath=root, save_last=True), *callbacks])
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+    return model, trainer
+
+
+def test_retrain_resume_continues_bit_for_bit(tmp_path):
+    reference, _ = _retrain(str(tmp_path / "full"))
+    with pytest.raises(SystemExit):  # Ctrl-C at the start of epoch 2
+        _retrain(str(tmp_path / "cut"), callbacks=[InterruptAt(2)])
+    last = tmp_path / "cut" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=True)  # RNG states load as plain data
+    assert saved["epoch"] == 1
+    assert saved["oneshot"] == {"space": "darts", "algorithm": "RetrainModule", "arch": reference.space.format(reference.arch)}
+    assert set(saved["rng_states"]) == {"python", "numpy", "torch"}
+
+    resumed, trainer = _retrain(str(tmp_path / "cut"), ckpt_path=str(last))
+    assert trainer.current_epoch == EPOCHS
+    assert resumed.network.drop_path_prob == pytest.approx(0.3 * 2 / EPOCHS)  # the ramp went on
+    assert resumed.test_acc_history[:2] == reference.test_acc_history[:2]  # restored, not re-measured
+    reference_state, resumed_state = reference.state_dict(), resumed.state_dict()
+    assert list(reference_state) == list(resumed_state)
+    for name, a in reference_state.items():
+        assert torch.equal(a, resumed_state[name]), name
+    assert resumed.test_acc_history == reference.test_acc_history
+    assert reference.lr_schedulers().state_dict() == resumed.lr_schedulers().state_dict()
+    momentum = [s["momentum_buffer"] for s in reference.optimizers().optimizer.state.values()]
+    resumed_momentum = [s["momentum_buffer"] for s in resumed.optimizers().optimizer.state.values()]
+    assert all(torch.equal(a, b) for a, b in zip(momentum, resumed_momentum))

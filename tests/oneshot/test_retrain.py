@@ -213,6 +213,65 @@ def test_retrain_cli_published_genotype_on_a_tiny_darts_network(tmp_path, monkey
     assert result["space"] == "darts" and result["arch"] == darts.format(darts.genotypes["DARTS_V2"])
 
 
+@pytest.mark.parametrize("how", ["command line", "config"])
+def test_retrain_cli_forces_plain_batches_of_the_whole_train_set(tmp_path, monkeypatch, how):
+    """`oneshot retrain` overrides data bilevel: true (a search data config) with false: training
+    sees (x, y) batches of the whole train split and validates on the test set."""
+    import yaml
+
+    from oneshot.data import ImageDataModule
+
+    monkeypatch.chdir(tmp_path)
+    if how == "config":
+        config = yaml.safe_load(open(DIGITS_CONFIG))
+        config["data"]["init_args"]["bilevel"] = True
+        with open("bilevel.yaml", "w") as f:
+            yaml.safe_dump(config, f)
+        args = ["--config", "bilevel.yaml", *TINY[2:]]
+    else:
+        args = [*TINY, "--data.init_args.bilevel", "true"]
+    loaders, batches = [], []
+    own_loader, own_val_loader, own_step = (ImageDataModule.train_dataloader, ImageDataModule.val_dataloader,
+                                            RetrainModule.training_step)
+
+    def train_dataloader(self):
+        loaders.append(("train", self.bilevel, own_loader(self), len(self.train_set)))
+        return loaders[-1][2]
+
+    def val_dataloader(self):
+        loaders.append(("val", self.bilevel, own_val_loader(self), len(self.test_set)))
+        return loaders[-1][2]
+
+    def training_step(self, batch, batch_idx):
+        batches.append(batch)
+        return own_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(ImageDataModule, "train_dataloader", train_dataloader)
+    monkeypatch.setattr(ImageDataModule, "val_dataloader", val_dataloader)
+    monkeypatch.setattr(RetrainModule, "training_step", training_step)
+    main(["retrain", "--arch", NB201_ARCH, *args, "--trainer.max_epochs", "1",
+          "--trainer.limit_val_batches", "1", "--model.network_options", "{C: 4, N: 1}"])
+    assert os.path.isfile(os.path.join(_run_dir("runs/retrain_nb201_digits_cpu"), "result.json"))
+    (_, train_bilevel, train_loader, n_train), (_, val_bilevel, val_loader, n_test) = loaders
+    assert train_bilevel is False and val_bilevel is False
+    assert isinstance(train_loader, torch.utils.data.DataLoader)  # not a CombinedLoader of two halves
+    assert len(train_loader.dataset) == n_train == 1437  # the whole digits train split
+    assert len(val_loader.dataset) == n_test == 360  # validation is the test set
+    assert len(batches) == 2 and all(isinstance(b, (list, tuple)) and len(b) == 2 for b in batches)
+    assert all(b[0].shape == (64, 1, 8, 8) and b[1].shape == (64,) for b in batches)
+
+
+def test_retrain_cli_on_a_rank_other_than_0_writes_no_result(tmp_path, monkeypatch):
+    """Under DDP only rank 0 writes result.json; a rank 1 is simulated by the trainer's rank."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(L.Trainer, "is_global_zero", property(lambda self: False))
+    main(["retrain", "--arch", NB201_ARCH, *TINY, "--trainer.max_epochs", "1",
+          "--trainer.limit_val_batches", "1", "--model.network_options", "{C: 4, N: 1}"])
+    run = _run_dir("runs/retrain_nb201_digits_cpu")
+    assert not os.path.exists(os.path.join(run, "result.json"))
+    # rank 0 does write it: test_retrain_cli_writes_result_checkpoints_and_logs
+
+
 def test_retrain_cli_refuses_arch_and_genotype_together(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit):

@@ -98,3 +98,44 @@ def test_weighted_sum_uncomputed_terms_carry_gradient():
     out = weighted_sum(w, [None, torch.ones(3)])
     out.sum().backward()
     assert torch.equal(w.grad, torch.tensor([3.0, 3.0]))
+
+
+@pytest.mark.parametrize("unsampled_gradient", [True, False])
+def test_sampled_path_unsampled_gradient_option(unsampled_gradient):
+    """True (xautodl NAS201SearchCell.forward_gdas): d out / d w[k] = sum(upstream) for every
+    unsampled k; False (xautodl NASNet MixedOp.forward_gdas, ops[i](x) * w[i]): 0. The forward
+    value and d out / d w[index] are the same."""
+    op = _op()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    upstream = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    w = torch.nn.functional.one_hot(torch.tensor(2), 5).double().requires_grad_()
+    path = SampledPath(2, w, unsampled_gradient=unsampled_gradient)
+    assert path.unsampled_gradient is unsampled_gradient and SampledPath(2, w).unsampled_gradient
+    y = op(x, path)
+    assert torch.equal(y, op.ops[2](x))
+    (y * upstream).sum().backward()
+    unsampled = torch.tensor([0, 1, 3, 4])
+    expected = upstream.sum() if unsampled_gradient else torch.tensor(0.0, dtype=torch.float64)
+    assert torch.allclose(w.grad[unsampled], expected.expand(4))
+    assert torch.allclose(w.grad[2], (op.ops[2](x) * upstream).sum())
+
+
+def test_sampled_path_without_unsampled_gradient_arch_gradient():
+    """d/dalpha is that of soft[i] * op_i(x) alone (no scalar terms of the other candidates)."""
+    op = _op()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    upstream = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    alpha = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    soft = torch.softmax(alpha, 0)
+    hard = torch.nn.functional.one_hot(torch.tensor(3), 5).double()
+    (op(x, SampledPath(3, hard - soft.detach() + soft, unsampled_gradient=False)) * upstream).sum().backward()
+    soft = torch.softmax(alpha, 0)
+    expected, = torch.autograd.grad((soft[3] * op.ops[3](x) * upstream).sum(), alpha)
+    assert torch.allclose(alpha.grad, expected)
+
+
+def test_dense_pair_decision_runs_two_candidates_summed():
+    op = _op().eval()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    pair = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+    assert torch.allclose(op(x, pair), op.ops[1](x) + op.ops[3](x))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import supernets
-from ops.mixed import SampledPath
+from ops.mixed import MixedOp, SampledPath
 from supernets.base import Arch, count_parameters
 from supernets.darts import (EDGE_LABELS, GENOTYPE_META, NODE_LABELS, PRIMITIVES, Cell,
                              DartsSupernet, NetworkImageNet, drop_path)
@@ -113,7 +113,6 @@ def test_cost_reports_params_without_auxiliary_and_flops(space):
     assert cost["flops"] == 2 * cost["macs"] > 0
 
 
-@pytest.mark.slow
 def test_published_flops_of_darts_v2(space):
     cost = space.cost(space.genotypes["DARTS_V2"])  # C=36, 20 cells, 1x3x32x32
     assert cost["params"] == 3_349_342
@@ -290,6 +289,88 @@ def test_supernet_sampled_path_forward(small_supernet):
     assert soft.grad is not None
 
 
+def _pool_bns(sn):
+    """BatchNorms that follow a pooling candidate inside a MixedOp."""
+    found = []
+    for name, m in sn.named_modules():
+        if isinstance(m, MixedOp):
+            for cand, op in zip(m.candidates, m.ops):
+                if "pool" in cand and isinstance(op, torch.nn.Sequential):
+                    found += [b for b in op if isinstance(b, torch.nn.BatchNorm2d)]
+    return found
+
+
+def test_supernet_defaults_are_darts_model_search(space):
+    """Defaults unchanged: BN after every pool, no last activation, DARTS's parameter count."""
+    sn = space.build_supernet()
+    explicit = space.build_supernet(bn_after_pool=True, last_activation=False)
+    assert count_parameters(sn) == count_parameters(explicit) == 1_930_618  # the count before the options
+    assert list(sn.state_dict()) == list(explicit.state_dict()) and len(sn.state_dict()) == 4186
+    assert sn.lastact is None and not any(k.startswith("lastact") for k in sn.state_dict())
+    assert len(_pool_bns(sn)) == 8 * 14 * 2  # 8 cells x 14 edges x 2 pools
+
+
+def test_supernet_gdas_options_drop_pool_bn_and_add_bn_relu_before_pooling(space):
+    """xautodl cell_operations.POOLING has no BN; NASNetworkGDAS.lastact is BN + ReLU."""
+    torch.manual_seed(0)
+    default = space.build_supernet(C=4, layers=5)
+    torch.manual_seed(0)
+    sn = space.build_supernet(C=4, layers=5, bn_after_pool=False, last_activation=True)
+    assert _pool_bns(default) and not _pool_bns(sn)
+    for m in sn.modules():
+        if isinstance(m, MixedOp):
+            for cand, op in zip(m.candidates, m.ops):
+                if "pool" in cand:
+                    assert isinstance(op, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)), (cand, op)
+    bn, relu = sn.lastact
+    C_prev = sn.classifier.in_features
+    assert isinstance(bn, torch.nn.BatchNorm2d) and bn.affine and bn.num_features == C_prev
+    assert isinstance(relu, torch.nn.ReLU)
+    # parameters: only the affine BN's 2 * C_prev more (the pool BNs are not affine)
+    assert count_parameters(sn) == count_parameters(default) + 2 * C_prev
+    pool_bn_keys = {k for k in default.state_dict() if k not in sn.state_dict()}
+    assert pool_bn_keys and all(".ops.1.1." in k or ".ops.2.1." in k for k in pool_bn_keys)
+    assert set(sn.state_dict()) - set(default.state_dict()) == {f"lastact.0.{k}" for k in bn.state_dict()}
+    # the global pooling sees relu(bn(last cell output))
+    seen = {}
+    sn.cells[-1].register_forward_hook(lambda m, a, out: seen.__setitem__("cell", out))
+    sn.global_pooling.register_forward_hook(lambda m, a, out: seen.__setitem__("pool_in", a[0]))
+    sn.eval()
+    with torch.no_grad():
+        sn(torch.randn(2, 3, 16, 16), {label: 4 for label in EDGE_LABELS})
+        torch.testing.assert_close(seen["pool_in"], torch.relu(bn(seen["cell"])))
+    assert (seen["pool_in"] >= 0).all()
+
+
+def test_supernet_gdas_options_with_partial_channels(space):
+    sn = space.build_supernet(C=8, layers=3, partial_channels=4, bn_after_pool=False)
+    assert not _pool_bns(sn)
+
+
+def test_supernet_sampled_path_gradient_of_unsampled_weights(small_supernet):
+    """unsampled_gradient=False (xautodl NASNet MixedOp.forward_gdas): d out / d w[k] = 0 for the
+    unsampled k; True (NB201 forward_gdas): every unsampled weight gets the summed term."""
+    x = torch.randn(2, 3, 16, 16)
+    small_supernet.eval()  # running statistics: the forward values can be compared exactly
+    single_path = small_supernet(x, {label: 1 + k % 7 for k, label in enumerate(EDGE_LABELS)})
+    grads = {}
+    for flag in (True, False):
+        weights = {label: torch.nn.functional.one_hot(torch.tensor(1 + k % 7), 8).float().requires_grad_()
+                   for k, label in enumerate(EDGE_LABELS)}
+        decisions = {label: SampledPath(1 + k % 7, weights[label], unsampled_gradient=flag)
+                     for k, label in enumerate(EDGE_LABELS)}
+        out = small_supernet(x, decisions)
+        assert torch.equal(out, single_path)  # the same forward value either way
+        out.sum().backward()
+        grads[flag] = {label: w.grad for label, w in weights.items()}
+    for k, label in enumerate(EDGE_LABELS):
+        index = 1 + k % 7
+        unsampled = [j for j in range(8) if j != index]
+        assert torch.all(grads[False][label][unsampled] == 0), label
+        assert grads[True][label][unsampled].abs().sum() > 0, label
+        assert grads[False][label][index] != 0 and grads[True][label][index] != 0
+
+
 def test_supernet_missing_label_names_it(small_supernet):
     decisions = {label: 0 for label in EDGE_LABELS if label != "reduce/4<-3"}
     with pytest.raises(KeyError, match="reduce/4<-3"):
@@ -304,10 +385,53 @@ def test_decisions_errors(space):
                                for k, v in space.genotypes["DARTS_V2"].items()})
     with pytest.raises(KeyError, match="normal/2"):
         space.decisions(bad_label)
-    twice = dict(space.genotypes["DARTS_V2"])
-    twice["normal/3"] = ((4, 1), (5, 1))
-    with pytest.raises(ValueError, match="normal/3 uses input 1 twice"):
-        space.decisions(Arch("darts", twice))
+    bad_op = dict(space.genotypes["DARTS_V2"])
+    bad_op["normal/3"] = ((8, 1), (5, 0))
+    with pytest.raises(ValueError, match="op index 8"):
+        space.decisions(Arch("darts", bad_op))
+
+
+def _shared_input_arch(space):
+    """DARTS_V2 with normal node 3 taking sep_conv_3x3 and sep_conv_5x5 both from input 1 and
+    reduce node 4 taking max_pool_3x3 twice from input 0."""
+    choices = dict(space.genotypes["DARTS_V2"])
+    choices["normal/3"] = ((4, 1), (5, 1))
+    choices["reduce/4"] = ((1, 0), (1, 0))
+    return Arch("darts", choices)
+
+
+def test_decisions_run_two_ops_of_one_edge_as_a_dense_pair(space, small_supernet):
+    arch = _shared_input_arch(space)
+    decisions = space.decisions(arch)
+    pair = decisions["normal/3<-1"]
+    assert torch.equal(pair, torch.tensor([0.0, 0, 0, 0, 1, 1, 0, 0]))
+    assert torch.equal(decisions["reduce/4<-0"], torch.tensor([0.0, 2, 0, 0, 0, 0, 0, 0]))
+    assert decisions["normal/3<-0"] is None and decisions["normal/3<-2"] is None
+    assert decisions["normal/2<-0"] == 4  # other nodes keep int decisions
+    small_supernet.eval()
+    seen = {}
+    for cell in small_supernet.cells:
+        for op, (label, _, _) in zip(cell.mixed_ops, cell.edge_meta):
+            if label in ("normal/3<-1", "reduce/4<-0"):
+                op.register_forward_hook(lambda m, args, out, label=label: seen.setdefault(label, []).append(
+                    (m, args[0], out)))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert small_supernet(x, decisions).shape == (2, 10)
+        for m, h, out in seen["normal/3<-1"]:  # the edge outputs sep_conv_3x3(h) + sep_conv_5x5(h)
+            torch.testing.assert_close(out, m.ops[4](h) + m.ops[5](h))
+        for m, h, out in seen["reduce/4<-0"]:  # the same op listed twice counts twice
+            torch.testing.assert_close(out, 2 * m.ops[1](h))
+    assert len(seen["normal/3<-1"]) == 3 and len(seen["reduce/4<-0"]) == 2
+
+
+def test_build_network_runs_a_genotype_with_a_shared_input(space):
+    arch = _shared_input_arch(space)
+    net = space.build_network(arch, C=4, layers=5)
+    cell = net.cells[0]  # normal: node 3's two ops both read state 1
+    assert [j for j, _, _ in cell.op_meta[2:4]] == [1, 1]
+    assert net(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+    assert space.parse(space.format(arch)) == arch
 
 
 def test_discretize_missing_or_unknown_label_raises_key_error(space):
@@ -351,6 +475,45 @@ def test_discretize_recovers_a_genotype_from_its_decisions(space):
         # the rule lists kept inputs in descending weight order: here ties -> ascending input
         expected = {label: tuple(sorted(pair, key=lambda p: p[1])) for label, pair in arch.items()}
         assert dict(recovered) == expected, name
+
+
+def test_discretize_pairs_keeps_the_top_two_op_input_pairs(space):
+    """xautodl NASNetworkGDAS.genotype: rank all non-none (op, input) pairs of a node, keep 2."""
+    weights = _uniform_weights()
+    # normal node 3: the two best pairs are both on input 1 (sep_conv_3x3 0.40, sep_conv_5x5 0.35);
+    # 'none' on input 0 is larger but ignored; input 2's best (0.30) comes third
+    weights["normal/3<-0"] = torch.tensor([0.90, 0.02, 0.02, 0.02, 0.01, 0.01, 0.01, 0.01])
+    weights["normal/3<-1"] = torch.tensor([0.05, 0.04, 0.04, 0.04, 0.40, 0.35, 0.04, 0.04])
+    weights["normal/3<-2"] = torch.tensor([0.10, 0.10, 0.10, 0.10, 0.10, 0.10, 0.30, 0.10])
+    # reduce node 5: two pairs tie at 0.30 on input 3 and both beat input 1's best (0.25)
+    weights["reduce/5<-1"] = torch.tensor([0.00, 0.10, 0.10, 0.20, 0.25, 0.15, 0.10, 0.10])
+    weights["reduce/5<-3"] = torch.tensor([0.00, 0.05, 0.05, 0.05, 0.05, 0.30, 0.20, 0.30])
+    arch = space.discretize_pairs(weights)
+    assert arch["normal/3"] == ((4, 1), (5, 1))  # two ops from the same input
+    assert space.discretize(weights)["normal/3"] == ((4, 1), (6, 2))  # DARTS: distinct inputs
+    # ties: the stable order keeps input 0 first, then the lower op index (max_pool_3x3 = 1, then 2)
+    assert arch["normal/2"] == ((1, 0), (2, 0))
+    assert arch["reduce/5"] == ((5, 3), (7, 3))  # 0.30 twice on input 3, beating input 1's 0.25
+    assert all(op != 0 for value in arch.values() for op, _ in value)  # never 'none'
+    assert space.parse(space.format(arch)) == arch
+    decisions = space.decisions(arch)  # runnable in the supernet
+    assert torch.equal(decisions["normal/3<-1"], torch.tensor([0.0, 0, 0, 0, 1, 1, 0, 0]))
+    with pytest.raises(KeyError, match="reduce/5<-4"):
+        space.discretize_pairs({k: v for k, v in weights.items() if k != "reduce/5<-4"})
+
+
+def test_discretize_pairs_equals_the_darts_rule_when_best_pairs_use_distinct_inputs(space):
+    for arch in space.genotypes.values():
+        if any(a[1] == b[1] for a, b in arch.values()):
+            continue
+        weights = {}
+        for label, d in space.decisions(arch).items():
+            w = torch.full((8,), 0.01)
+            w[0] = 0.5
+            if d is not None:
+                w[d] = 0.3
+            weights[label] = w
+        assert space.discretize_pairs(weights) == space.discretize(weights)
 
 
 # --- sampling and evolution -----------------------------------------------------------------
