@@ -6,12 +6,8 @@ Importing a subclass here is what lets LightningCLI accept ``--model GdasSearch`
 from __future__ import annotations
 
 import inspect
-import random
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 from oneshot.algorithms.base import SupernetTraining
 from oneshot.algorithms.darts import DartsSearch
@@ -20,7 +16,7 @@ from oneshot.algorithms.gdas import GdasSearch
 from oneshot.algorithms.pcdarts import PCDartsSearch
 from oneshot.algorithms.rsps import RandomSinglePathSearch
 from oneshot.algorithms.single_path import SinglePathSearch
-from oneshot.checkpoints import read_checkpoint
+from oneshot.checkpoints import capture_random_state, read_checkpoint, restore_random_state
 
 ALGORITHMS = {"darts": DartsSearch, "pcdarts": PCDartsSearch, "gdas": GdasSearch,
               "rsps": RandomSinglePathSearch}
@@ -73,7 +69,7 @@ def load_algorithm(ckpt: str | Path) -> SupernetTraining:
         raise ValueError(f"{ckpt}: algorithm {name!r} is unknown; accepted: {', '.join(classes)}")
     cls = classes[name]
     hparams, _ = upgraded_hyperparameters(cls, dict(checkpoint.get("hyper_parameters") or {}))
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    states = capture_random_state()
     try:
         model = cls(**hparams)
         model.on_load_checkpoint(checkpoint)  # as Lightning: before the weights; it may upgrade them
@@ -84,9 +80,7 @@ def load_algorithm(ckpt: str | Path) -> SupernetTraining:
                              "rerun the search with this version, or load it with the version "
                              "that wrote it") from None
     finally:  # on_load_checkpoint resumes the run's random streams; a loader should not
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
+        restore_random_state(states)
     model.checkpoint_epoch = checkpoint.get("epoch")  # which point of the search these weights are
     model.checkpoint_optimizer_states = checkpoint.get("optimizer_states")  # DARTS-PT continues the Adam
     return model

@@ -29,6 +29,7 @@ class SinglePathSearch(SupernetTraining):
 
     single_path = True  # only the sampled candidate runs
     default_selection = "best_of_n"
+    sampler_name = "rsps"  # the stream name of the sampler's seeds (kept: resumed runs sample alike)
 
     def check_selection(self, name: str) -> str:
         if name == "rule":
@@ -39,8 +40,6 @@ class SinglePathSearch(SupernetTraining):
     def sample_architecture(self, *purpose: Any) -> Arch:
         """An architecture from the sampler (uniform here), identical on every rank."""
         return self.space.sample(random.Random(rank_shared_seed(self.sampler_name, *purpose)))
-
-    sampler_name = "rsps"  # the stream name of the sampler's seeds (kept: resumed runs sample alike)
 
     def decisions_for_weight_step(self) -> Mapping[str, Any]:
         return self.space.decisions(self.sample_architecture("weights", self.global_step))

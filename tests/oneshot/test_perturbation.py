@@ -92,6 +92,16 @@ def _scripted_scorer(wanted, calls):
     return scorer
 
 
+def _wanted_scorer(wanted_ops, wanted_inputs):
+    """A DARTS-space scorer: accuracy falls by 0.01 per wanted op or wanted input edge removed."""
+    def scorer(model, weights, batches):
+        lost = sum(1 for label, op in wanted_ops.items() if float(weights[label][op]) == 0.0)
+        lost += sum(1 for node, inputs in wanted_inputs.items() for j in inputs
+                    if float(weights[f"{node}<-{j}"].sum()) == 0.0)
+        return {"acc": 0.9 - 0.01 * lost, "loss": 1.0 + lost}
+    return scorer
+
+
 def test_scripted_scores_give_the_known_answer_and_masking_follows_the_reference(tiny, monkeypatch):
     wanted = {"1<-0": 3, "2<-0": 1, "2<-1": 0, "3<-0": 4, "3<-1": 2, "3<-2": 3}
     calls = []
@@ -124,13 +134,7 @@ def test_darts_space_keeps_the_two_inputs_whose_removal_hurts_most(monkeypatch):
     wanted_inputs = {"normal/2": (0, 1), "normal/3": (0, 2), "normal/4": (1, 3), "normal/5": (2, 4),
                      "reduce/2": (0, 1), "reduce/3": (1, 2), "reduce/4": (0, 3), "reduce/5": (0, 4)}
 
-    def scorer(model, weights, batches):
-        lost = sum(1 for label, op in wanted_ops.items() if float(weights[label][op]) == 0.0)
-        lost += sum(1 for node, inputs in wanted_inputs.items() for j in inputs
-                    if float(weights[f"{node}<-{j}"].sum()) == 0.0)
-        return {"acc": 0.9 - 0.01 * lost, "loss": 1.0 + lost}
-
-    monkeypatch.setattr(perturbation, "masked_scores", scorer)
+    monkeypatch.setattr(perturbation, "masked_scores", _wanted_scorer(wanted_ops, wanted_inputs))
     arch, scores = perturbation_select(model, [(torch.zeros(1), torch.zeros(1))], rng=0)
     for node, inputs in wanted_inputs.items():
         assert arch[node] == tuple((wanted_ops[f"{node}<-{j}"], j) for j in inputs)
@@ -285,13 +289,7 @@ def test_genotype_reads_the_inputs_as_darts_pt_does_when_a_kept_edge_is_none(mon
     wanted_ops["normal/3<-2"] = 0  # `none` wins this edge
     wanted_inputs = {"normal/3": (1, 2)}
 
-    def scorer(model, weights, batches):
-        lost = sum(1 for label, op in wanted_ops.items() if float(weights[label][op]) == 0.0)
-        lost += sum(1 for node, inputs in wanted_inputs.items() for j in inputs
-                    if float(weights[f"{node}<-{j}"].sum()) == 0.0)
-        return {"acc": 0.9 - 0.01 * lost, "loss": 1.0 + lost}
-
-    monkeypatch.setattr(perturbation, "masked_scores", scorer)
+    monkeypatch.setattr(perturbation, "masked_scores", _wanted_scorer(wanted_ops, wanted_inputs))
     arch, scores = perturbation_select(model, [(torch.zeros(1), torch.zeros(1))], rng=0, none_candidate=True)
     removed = scores["nodes"]["normal/3"]
     assert removed["0"]["acc"] > removed["1"]["acc"] == removed["2"]["acc"]  # inputs 1, 2 are kept

@@ -22,15 +22,20 @@ class InterruptAt(Callback):
             raise KeyboardInterrupt
 
 
-def _fit(root, callbacks=(), ckpt_path=None):
-    L.seed_everything(2)
-    model = DartsSearch(space="nb201", space_options={"C": 4, "N": 1}, num_classes=10, in_channels=1)
-    data = DigitsDataModule(batch_size=64)
+def _run(model, data, root, callbacks, ckpt_path):
+    """Three batches per epoch, last.ckpt in ``root``, optionally resumed from ``ckpt_path``."""
     trainer = L.Trainer(max_epochs=EPOCHS, default_root_dir=root, limit_train_batches=3, limit_val_batches=1,
                         enable_progress_bar=False, enable_model_summary=False, logger=False,
                         callbacks=[ModelCheckpoint(dirpath=root, save_last=True), *callbacks])
     trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
     return model, trainer
+
+
+def _fit(root, callbacks=(), ckpt_path=None):
+    L.seed_everything(2)
+    model = DartsSearch(space="nb201", space_options={"C": 4, "N": 1}, num_classes=10, in_channels=1)
+    data = DigitsDataModule(batch_size=64)
+    return _run(model, data, root, callbacks, ckpt_path)
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -87,11 +92,7 @@ def _retrain(root, callbacks=(), ckpt_path=None):
     model = RetrainModule("DARTS_V2", network_options={"C": 4, "layers": 3}, num_classes=10, in_channels=1,
                           drop_path_prob=0.3, grad_clip=5.0)
     data = DigitsDataModule(batch_size=64, bilevel=False, cutout=4)
-    trainer = L.Trainer(max_epochs=EPOCHS, default_root_dir=root, limit_train_batches=3, limit_val_batches=1,
-                        enable_progress_bar=False, enable_model_summary=False, logger=False,
-                        callbacks=[ModelCheckpoint(dirpath=root, save_last=True), *callbacks])
-    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
-    return model, trainer
+    return _run(model, data, root, callbacks, ckpt_path)
 
 
 def test_retrain_resume_continues_bit_for_bit(tmp_path):
