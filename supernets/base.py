@@ -77,6 +77,11 @@ class Arch(Mapping):
     def __repr__(self) -> str:
         return f"Arch({self._space!r}, {dict(self._choices)!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Rebuild through ``__init__``: copy, deepcopy and pickle work despite immutability (a
+        module holding an Arch, such as RetrainModule, can then be copied or sent to a process)."""
+        return (Arch, (self._space, self._choices))
+
     def to_json(self) -> dict[str, Any]:
         return {"space": self._space, "choices": {k: v for k, v in self._choices}}
 
