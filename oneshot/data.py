@@ -171,6 +171,10 @@ class ImageDataModule(lightning.LightningDataModule):
             CIFAR-100 and ImageNet16-120).
         bilevel: True for search (two-half train loader, architecture half as validation);
             False for retraining (whole train set, test set as validation).
+        paired_batches: with ``bilevel``, each training batch pairs a weight-half batch with an
+            architecture-half batch (``{"train", "val"}``, DARTS); False yields weight-half batches
+            only, for algorithms that train no architecture parameters and select on the held-out
+            half after training (SPOS: supernet on ImageNet minus 50k images, search on those).
         download: let torchvision download the data where it can.
         seed: seeds the digits test hold-out and any pre-split permutation.
         cutout: side in pixels of the :class:`Cutout` square appended to the train transform,
@@ -186,7 +190,8 @@ class ImageDataModule(lightning.LightningDataModule):
 
     def __init__(self, root: str = "data", batch_size: int = 64, eval_batch_size: int | None = None,
                  num_workers: int = 0, train_portion: float = 0.5, split_file: str | None = None,
-                 bilevel: bool = True, download: bool = False, seed: int = 0, cutout: int = 0) -> None:
+                 bilevel: bool = True, download: bool = False, seed: int = 0, cutout: int = 0,
+                 paired_batches: bool = True) -> None:
         super().__init__()
         if not 0.0 < train_portion < 1.0:
             raise ValueError(f"train_portion={train_portion} is invalid: "
@@ -195,6 +200,7 @@ class ImageDataModule(lightning.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers, self.train_portion, self.split_file = num_workers, train_portion, split_file
         self.bilevel, self.download, self.seed = bilevel, download, seed
+        self.paired_batches = paired_batches
         if cutout < 0:
             raise ValueError(f"cutout={cutout}; pass 0 (off) or the side of the square in pixels")
         self.cutout = cutout  # DARTS train.py --cutout --cutout_length 16; 0 = off
@@ -307,6 +313,8 @@ class ImageDataModule(lightning.LightningDataModule):
         self.setup()
         if not self.bilevel:
             return self._loader(self.train_set, self.batch_size, shuffle=True)
+        if not self.paired_batches:
+            return self._loader(self.weight_set, self.batch_size, shuffle=True)
         return CombinedLoader({"train": self._loader(self.weight_set, self.batch_size, shuffle=True),
                                "val": self._loader(self.arch_set, self.batch_size, shuffle=True)},
                               mode="max_size_cycle")
@@ -401,9 +409,9 @@ class CIFAR10DataModule(ImageDataModule):
     def __init__(self, root: str = "data", batch_size: int = 64, eval_batch_size: int | None = None,
                  num_workers: int = 0, train_portion: float = 0.5, split_file: str | None = None,
                  bilevel: bool = True, download: bool = False, seed: int = 0,
-                 normalization: str = "darts", cutout: int = 0) -> None:
+                 normalization: str = "darts", cutout: int = 0, paired_batches: bool = True) -> None:
         super().__init__(root, batch_size, eval_batch_size, num_workers, train_portion, split_file,
-                         bilevel, download, seed, cutout)
+                         bilevel, download, seed, cutout, paired_batches)
         if normalization not in self.stats:
             raise ValueError(f"normalization={normalization!r}; choose one of {sorted(self.stats)}")
         self.normalization = normalization
@@ -432,9 +440,11 @@ class CIFAR100DataModule(CIFAR10DataModule):
 
     def __init__(self, root: str = "data", batch_size: int = 64, eval_batch_size: int | None = None,
                  num_workers: int = 0, train_portion: float = 0.5, split_file: str | None = None,
-                 bilevel: bool = True, download: bool = False, seed: int = 0, cutout: int = 0) -> None:
+                 bilevel: bool = True, download: bool = False, seed: int = 0, cutout: int = 0,
+                 paired_batches: bool = True) -> None:
         super().__init__(root, batch_size, eval_batch_size, num_workers, train_portion, split_file,
-                         bilevel, download, seed, normalization="nb201", cutout=cutout)
+                         bilevel, download, seed, normalization="nb201", cutout=cutout,
+                         paired_batches=paired_batches)
 
 
 class SVHNDataModule(ImageDataModule):

@@ -1,7 +1,8 @@
 """``oneshot info``: what an architecture costs, and the table of a whole space.
 
 Parameters and FLOPs come from the built stand-alone network (``SearchSpace.cost``), at the
-space's evaluation size unless ``C``/``layers`` say otherwise (DARTS: C=36, 20 cells).
+space's evaluation size, input size and number of classes unless the options say otherwise
+(DARTS: C=36, 20 cells, 32x32, 10 classes; SPOS: 224x224, 1000 classes).
 """
 from __future__ import annotations
 
@@ -27,11 +28,17 @@ def chosen_arch(space: SearchSpace, arch: str | None = None, genotype: str | Non
     return supernets.resolve_arch(genotype or arch, space, index)[1]
 
 
+def _classes(num_classes: int | None) -> dict[str, int]:
+    """``num_classes`` as a keyword argument, none when None: each space's ``cost`` then uses its
+    own default (10 for nb201 and darts, 1000 for spos)."""
+    return {} if num_classes is None else {"num_classes": num_classes}
+
+
 def describe(space: SearchSpace, arch: str | None = None, genotype: str | None = None,
-             index: int | None = None, num_classes: int = 10, **options: Any) -> str:
+             index: int | None = None, num_classes: int | None = None, **options: Any) -> str:
     """A few lines a researcher can paste: canonical string, index, params, FLOPs."""
     resolved = chosen_arch(space, arch, genotype, index)
-    cost = space.cost(resolved, num_classes=num_classes, **options)
+    cost = space.cost(resolved, **_classes(num_classes), **options)
     lines = [f"space:   {space.name}", f"arch:    {space.format(resolved)}"]
     if hasattr(space, "index"):
         lines.append(f"index:   {space.index(resolved)}")
@@ -42,14 +49,23 @@ def describe(space: SearchSpace, arch: str | None = None, genotype: str | None =
     return "\n".join(lines)
 
 
-def write_space_table(space: SearchSpace, out: str | None, num_classes: int = 10, **options: Any) -> None:
-    """CSV of every architecture: index, arch, params, FLOPs (multiply-adds)."""
+def write_space_table(space: SearchSpace, out: str | None, num_classes: int | None = None,
+                      **options: Any) -> None:
+    """CSV of every architecture: index, arch, params, FLOPs (multiply-adds).
+
+    Raises:
+        ValueError: the space is too large to enumerate (spos, darts).
+    """
+    try:
+        archs = list(space.enumerate())
+    except NotImplementedError as error:
+        raise ValueError(f"{error}: --all lists enumerable spaces only; describe one "
+                         "architecture with --arch") from None
     handle = open(out, "w", newline="") if out else sys.stdout
     try:
         writer = csv.writer(handle)
         writer.writerow(["index", "arch", "params", "flops_macs"])
-        archs = list(space.enumerate())
-        for i, (arch, cost) in enumerate(zip(archs, space.costs(archs, num_classes=num_classes, **options))):
+        for i, (arch, cost) in enumerate(zip(archs, space.costs(archs, **_classes(num_classes), **options))):
             writer.writerow([space.index(arch) if hasattr(space, "index") else i, space.format(arch),
                              cost["params"], int(cost["macs"])])
     finally:

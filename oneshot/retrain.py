@@ -25,6 +25,7 @@ from torch import nn
 import supernets
 from oneshot.checkpoints import capture_random_state, check_checkpoint_identity, restore_random_state
 from oneshot.files import atomic_write_json
+from oneshot.optim import decay_weights_only, linear_to_zero
 from supernets import count_parameters
 
 
@@ -52,9 +53,15 @@ class RetrainModule(L.LightningModule):
         drop_path_prob: final drop-path probability; epoch e uses ``drop_path_prob * e / max_epochs``
             (DARTS 0.2). Only for networks with a ``drop_path_prob`` attribute (the DARTS space).
         label_smoothing: cross-entropy label smoothing, on both heads (DARTS ImageNet 0.1).
-        lr_schedule: ``"cosine"`` (DARTS train.py, NB201) or ``"step"``: lr multiplied by
-            ``lr_gamma`` after every epoch (DARTS train_imagenet.py StepLR(1, gamma=0.97)).
+        lr_schedule: ``"cosine"`` (DARTS train.py, NB201), ``"step"``: lr multiplied by
+            ``lr_gamma`` after every epoch (DARTS train_imagenet.py StepLR(1, gamma=0.97)), or
+            ``"linear"``: to 0 over the run's iterations, iteration i (from 1) at lr * (1 - i/T)
+            (SPOS Evaluation/template/train.py ``LambdaLR``, stepped before each iteration;
+            ``trainer.max_steps`` or ``max_epochs`` sets T).
         lr_gamma: per-epoch decay factor of the ``"step"`` schedule (DARTS ImageNet 0.97).
+        decay_vectors: weight decay on every parameter (DARTS, NB201); False: only on tensors
+            named ``weight`` with more than one dimension, not on biases and BatchNorm
+            parameters (SPOS ``get_parameters``).
     """
 
     def __init__(self, arch: str, space: str | None = None, network_options: dict[str, Any] | None = None,
@@ -62,7 +69,7 @@ class RetrainModule(L.LightningModule):
                  learning_rate_min: float = 0.0, momentum: float = 0.9, weight_decay: float = 3e-4,
                  nesterov: bool = False, grad_clip: float = 5.0, auxiliary_weight: float = 0.4,
                  drop_path_prob: float = 0.0, label_smoothing: float = 0.0,
-                 lr_schedule: str = "cosine", lr_gamma: float = 0.97) -> None:
+                 lr_schedule: str = "cosine", lr_gamma: float = 0.97, decay_vectors: bool = True) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.space, self.arch = supernets.resolve_arch(arch, space)
@@ -76,8 +83,8 @@ class RetrainModule(L.LightningModule):
         if "drop_path_prob" in self.network_options:
             raise ValueError("set drop_path_prob on the module (it is ramped per epoch), "
                              "not in network_options")
-        if lr_schedule not in ("cosine", "step"):
-            raise ValueError(f"lr_schedule={lr_schedule!r}; accepted: cosine, step")
+        if lr_schedule not in ("cosine", "step", "linear"):
+            raise ValueError(f"lr_schedule={lr_schedule!r}; accepted: cosine, step, linear")
         if not 0.0 <= drop_path_prob < 1.0:
             raise ValueError(f"drop_path_prob={drop_path_prob}; it must lie in [0, 1)")
         self.network: nn.Module = self.space.build_network(self.arch, num_classes=num_classes,
@@ -158,9 +165,15 @@ class RetrainModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         h = self.hparams
-        optimizer = torch.optim.SGD(self.network.parameters(), lr=h.learning_rate, momentum=h.momentum,
+        groups = self.network.parameters() if h.get("decay_vectors", True) else decay_weights_only(self.network)
+        optimizer = torch.optim.SGD(groups, lr=h.learning_rate, momentum=h.momentum,
                                     weight_decay=h.weight_decay, nesterov=h.nesterov)
         scheduler: torch.optim.lr_scheduler.LRScheduler
+        if h.get("lr_schedule") == "linear":
+            total = max(int(self.trainer.estimated_stepping_batches), 1)
+            # Lightning steps after each iteration; the reference before: iteration i at 1 - i/T
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_to_zero(total, offset=1))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         if h.get("lr_schedule", "cosine") == "step":  # hparams of older checkpoints lack it
             # epoch e trains with lr * gamma**e (DARTS train_imagenet.py StepLR(optimizer, 1, 0.97))
             scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=h.lr_gamma)

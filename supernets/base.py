@@ -6,6 +6,7 @@ tagged with its space's name. It is JSON-serializable and has one canonical stri
 """
 from __future__ import annotations
 
+import inspect
 import json
 import random
 from abc import ABC, abstractmethod
@@ -126,6 +127,15 @@ class SearchSpace(ABC):
     def format(self, arch: Arch) -> str:
         """Arch -> canonical string."""
 
+    def parse_json(self, text: str) -> Arch:
+        """An Arch JSON object (``{"space", "choices"}``, or an ``arch.json`` record holding one
+        under ``arch``) -> Arch of this space; ValueError when it is not JSON."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"invalid arch JSON: {error}") from None
+        return self.check(Arch.from_json(data.get("arch", data) if "choices" not in data else data))
+
     def check(self, arch: Arch) -> Arch:
         """Raise ValueError if ``arch`` belongs to another space; return it otherwise."""
         if not isinstance(arch, Arch):
@@ -152,6 +162,15 @@ class SearchSpace(ABC):
     def mutate(self, arch: Arch, rng: random.Random | None = None) -> Arch:
         """Change one choice of ``arch`` to a different option."""
 
+    def resample(self, arch: Arch, probability: float, rng: random.Random | None = None) -> Arch:
+        """Each choice redrawn uniformly with ``probability`` (it may draw its old value): SPOS's
+        mutation, a gene at a time. The redrawn values come from one fresh :meth:`sample`, so a
+        choice stays valid wherever the space constrains it (a DARTS node's two distinct inputs)."""
+        rng = rng or random.Random()
+        self.check(arch)
+        fresh = self.sample(rng)
+        return Arch(self.name, {k: (fresh[k] if rng.random() < probability else arch[k]) for k in arch})
+
     def crossover(self, a: Arch, b: Arch, rng: random.Random | None = None) -> Arch:
         """Each choice taken from either parent with probability 1/2."""
         rng = rng or random.Random()
@@ -177,6 +196,14 @@ class SearchSpace(ABC):
     @abstractmethod
     def discretize(self, weights: Mapping[str, torch.Tensor]) -> Arch:
         """Architecture weights per edge label -> Arch, with the space's published rule."""
+
+    def network_options(self, supernet_options: Mapping[str, Any]) -> dict[str, Any]:
+        """The supernet options that also shape the stand-alone network (its width and depth), so
+        that a searched architecture is costed as the network it stands for. By default the
+        options ``build_network`` accepts; a space whose search network differs from its
+        evaluation network (DARTS: 8 cells of C=16 vs 20 of C=36) keeps none."""
+        accepted = inspect.signature(self.build_network).parameters
+        return {k: v for k, v in supernet_options.items() if k in accepted and k != "num_classes"}
 
     def cost(self, arch: Arch, num_classes: int = 10, input_size: tuple[int, ...] = (1, 3, 32, 32),
              **options: Any) -> dict[str, float]:

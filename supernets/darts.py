@@ -645,6 +645,11 @@ class DartsSpace(SearchSpace):
         return DartsSupernet(num_classes, C, layers, steps, multiplier, stem_multiplier, affine,
                              in_channels, partial_channels, bn_after_pool, last_activation)
 
+    def network_options(self, supernet_options: Mapping[str, Any]) -> dict[str, Any]:
+        """None: the search supernet (8 cells, C=16) is not the network a genotype is evaluated
+        as (20 cells, C=36), so costs are those of the evaluation network."""
+        return {}
+
     def build_network(self, arch: Arch, num_classes: int = 10, C: int = 36, layers: int = 20,
                       auxiliary: bool = False, drop_path_prob: float = 0.0, in_channels: int = 3,
                       network: str = "cifar") -> NetworkCIFAR | NetworkImageNet:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -323,11 +322,7 @@ class NB201Space(SearchSpace):
             raise TypeError(f"parse expects a string, got {type(text).__name__}")
         text = text.strip()
         if text.startswith("{"):
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"invalid arch JSON: {error}") from None
-            return self.check(Arch.from_json(data.get("arch", data) if "choices" not in data else data))
+            return self.parse_json(text)
         nodes = text.split("+")
         if len(nodes) != NUM_NODES - 1:
             raise ValueError(f"NB201 string {text!r} has {len(nodes)} node(s) separated by '+', "

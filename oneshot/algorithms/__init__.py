@@ -16,10 +16,11 @@ from oneshot.algorithms.gdas import GdasSearch
 from oneshot.algorithms.pcdarts import PCDartsSearch
 from oneshot.algorithms.rsps import RandomSinglePathSearch
 from oneshot.algorithms.single_path import SinglePathSearch
+from oneshot.algorithms.spos import SposSearch
 from oneshot.checkpoints import capture_random_state, read_checkpoint, restore_random_state
 
 ALGORITHMS = {"darts": DartsSearch, "pcdarts": PCDartsSearch, "gdas": GdasSearch,
-              "rsps": RandomSinglePathSearch}
+              "rsps": RandomSinglePathSearch, "spos": SposSearch}
 
 
 def accepted_arguments(cls: type) -> set[str]:

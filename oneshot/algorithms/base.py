@@ -82,6 +82,9 @@ class SupernetTraining(L.LightningModule):
         selection_batches: validation batches each is scored on (NB201: one).
         selection_shared_batches: score every candidate on the same batches (a fairer
             comparison); False is NB201's ``search_find_best``: each on the next batches.
+        selection_options: further options of the strategy, e.g. for ``evolution``
+            ``{constraints: ["flops<=330e6"], bn_mode: reset, val_images: 8000}``
+            (:func:`oneshot.selection.evolution_strategy`).
         init_from: a checkpoint of an earlier run (stage) whose supernet weights start this one;
             tensors are copied where name and shape match, the rest keep their initialisation.
             Ignored when a run resumes from its own checkpoint.
@@ -96,7 +99,8 @@ class SupernetTraining(L.LightningModule):
                  momentum: float = 0.9, weight_decay: float = 3e-4, nesterov: bool = False,
                  grad_clip: float = 5.0, memory_format: str = "auto", lr_schedule_interval: str = "epoch",
                  selection: str | None = None, selection_samples: int = 100, selection_batches: int = 1,
-                 selection_shared_batches: bool = True, init_from: str | None = None):
+                 selection_shared_batches: bool = True, selection_options: dict[str, Any] | None = None,
+                 init_from: str | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -203,11 +207,16 @@ class SupernetTraining(L.LightningModule):
         optimizer.zero_grad()
         loss, accuracy = self.loss_and_accuracy(train_batch, self.decisions_for_weight_step())
         self.manual_backward(loss)
+        self.after_weight_backward()
         if self.hparams.grad_clip:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip,
                                 gradient_clip_algorithm="norm")
         optimizer.step()
         return loss.detach(), accuracy.detach()
+
+    def after_weight_backward(self) -> None:
+        """Between the weight gradients and the update (SPOS drops the gradients of untouched
+        candidates here)."""
 
     def log_training(self, loss: torch.Tensor, accuracy: torch.Tensor, size: int) -> None:
         self.log_dict({"train_loss": loss, "train_acc": accuracy}, prog_bar=True, on_step=False,
@@ -275,14 +284,17 @@ class SupernetTraining(L.LightningModule):
                 raise ValueError(f"selection {self.selection_name} scores on validation data: fit with "
                                  "a datamodule")
             h = self.hparams
-            chosen = selection.select(self.selection_name, self, trainer.datamodule,
-                                      num_samples=h.selection_samples, num_batches=h.selection_batches,
-                                      seed=rank_shared_seed("selection", self.global_step),
-                                      shared_batches=h.selection_shared_batches)
+            directory = os.path.join(trainer.log_dir, self.selection_name) if trainer.log_dir else None
+            options = {"num_samples": h.selection_samples, "num_batches": h.selection_batches,
+                       "seed": rank_shared_seed("selection", self.global_step),
+                       "shared_batches": h.selection_shared_batches, "directory": directory,
+                       **(h.selection_options or {})}
+            chosen = selection.select(self.selection_name, self, trainer.datamodule, **options)
             record = {"arch": chosen.arch.to_json(), "global_step": int(self.global_step),
                       "epoch": int(self.current_epoch), "strategy": self.selection_name,
                       "num_samples": len(chosen.scores), "num_batches": int(h.selection_batches),
-                      "shared_batches": bool(h.selection_shared_batches), "scores": chosen.scores}
+                      "shared_batches": bool(h.selection_shared_batches), "scores": chosen.scores,
+                      "settings": chosen.settings}
         self.selection = trainer.strategy.broadcast(record, src=0)
         return self.export()
 
@@ -294,9 +306,12 @@ class SupernetTraining(L.LightningModule):
         if weights:
             record["weights"] = weights
         if self.selection is not None:
+            strategy = self.selection.get("strategy", "best_of_n")
             record["rule"] = (f"best of {self.selection['num_samples']} uniform samples by accuracy "
-                              f"on {self.selection['num_batches']} validation batch(es)")
-            record["selection"] = {k: self.selection[k] for k in ("epoch", "num_samples", "num_batches", "scores")}
+                              f"on {self.selection['num_batches']} validation batch(es)") if strategy == "best_of_n" \
+                else f"{strategy} over {self.selection['num_samples']} evaluated architectures"
+            record["selection"] = {k: self.selection[k] for k in ("epoch", "strategy", "num_samples", "num_batches",
+                                                                  "settings", "scores") if k in self.selection}
         return record
 
     def write_arch(self, arch: Arch, directory: str | None) -> str | None:

@@ -17,7 +17,12 @@ without retraining, with any strategy of :mod:`oneshot.selection`:
   order, keep the op whose removal from the dense weights hurts validation accuracy most, then
   fix it; in the DARTS space also the two inputs per node by removal
   (:func:`oneshot.selection.perturbation.perturbation_select`; ``--proj-intv`` epochs of bilevel tuning
-  between rounds, 5 as published; ``--criterion acc|loss``).
+  between rounds, 5 as published; ``--criterion acc|loss``);
+* ``evolution``: SPOS's evolutionary search (megvii-model/SinglePathOneShot ``search.py``) under
+  ``--constraint`` bounds (``flops<=330e6``: multiply-adds; ``params<=5e6``), every candidate
+  scored with inherited weights after its BatchNorm statistics are rebuilt; the history, a
+  resumable state, TensorBoard scalars and ``evolution.png`` go to the folder named like the
+  output without ``.json`` (running the same command again resumes it).
 
 The result is written as JSON with the keys of the search's ``arch.json`` (``space``, ``arch``,
 ``choices``), so ``SearchSpace.load`` and ``oneshot info --arch`` read it.
@@ -33,9 +38,10 @@ from oneshot.checkpoints import resolve_checkpoint, run_directory
 from oneshot.commands.parsing import OneLineArgumentParser
 from oneshot.data import datamodule_from_run
 from oneshot.files import atomic_write_json
+from oneshot.selection.evolution import parse_constraints
 from supernets import Arch
 
-HELP = "write arch.json from a search run or checkpoint (--rule rule|best_of_n|perturbation)"
+HELP = "write arch.json from a search run or checkpoint (--rule rule|best_of_n|perturbation|evolution)"
 
 
 def write_record(path: Path, model, arch: Arch, rule: str, source: Path, scores: Any,
@@ -58,7 +64,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--rule", choices=selection.names(), default="rule",
                         help="rule: the algorithm's own export (the space's rule on its distribution); best_of_n: best of --samples uniform "
                              "architectures by validation accuracy with inherited weights; perturbation: "
-                             "DARTS-PT, per edge the op whose removal hurts validation accuracy most")
+                             "DARTS-PT, per edge the op whose removal hurts validation accuracy most; evolution: "
+                             "SPOS's evolutionary search under --constraint")
     parser.add_argument("--out", help="output JSON (default: RUN/arch_<rule>.json)")
     parser.add_argument("--samples", type=int, default=100,
                         help="best_of_n: architectures to score (NB201 RANDOM-NAS --select_num 100)")
@@ -69,7 +76,8 @@ def main(argv: list[str]) -> None:
                         help="best_of_n: score each candidate on the next batches, ties to the first "
                              "(NB201 search_find_best); default: all on the same batches, ties by loss")
     parser.add_argument("--seed", type=int, default=0,
-                        help="best_of_n: seed of the uniform samples; perturbation: of the edge order")
+                        help="best_of_n: seed of the uniform samples; perturbation: of the edge order; "
+                             "evolution: of the proposals and the data subsets")
     parser.add_argument("--proj-intv", type=int, default=5,
                         help="perturbation: epochs of bilevel tuning (weight lr/10) between decisions, "
                              "DARTS-PT's --proj_intv (published: 5); 0: no tuning")
@@ -84,15 +92,34 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--fresh-arch-optimizer", action="store_true",
                         help="perturbation: tune alphas with a new Adam (default: the search's state, "
                              "as DARTS-PT keeps its architect)")
+    evolution = parser.add_argument_group("evolution (defaults: SPOS search.py and tester.py)")
+    evolution.add_argument("--constraint", action="append", default=[], metavar="KEY<=VALUE",
+                           help="a bound on the stand-alone network's cost, repeatable: flops<=330e6 (flops and "
+                                "macs are multiply-adds, as papers print FLOPs), params<=5e6")
+    evolution.add_argument("--population", type=int, default=50, help="candidates per generation (50)")
+    evolution.add_argument("--generations", type=int, default=20, help="generations (20)")
+    evolution.add_argument("--parents", type=int, default=10, help="top-k parents (10)")
+    evolution.add_argument("--mutants", type=int, default=25, help="mutants per generation (25)")
+    evolution.add_argument("--crossovers", type=int, default=25, help="crossovers per generation (25)")
+    evolution.add_argument("--mutation-prob", type=float, default=0.1, help="per-choice redraw probability (0.1)")
+    evolution.add_argument("--bn-mode", choices=("reset", "recalibrate", "train", "running"), default="reset",
+                           help="BatchNorm statistics before scoring: reset (SPOS: reset, then a moving average "
+                                "over --bn-batches training batches), recalibrate (exact average), train, running")
+    evolution.add_argument("--bn-batches", type=int, default=200, help="training batches for the BN statistics (200)")
+    evolution.add_argument("--bn-batch-size", type=int, default=128, help="their batch size (128)")
+    evolution.add_argument("--val-images", type=int, default=8000,
+                           help="fixed validation subset every candidate is scored on (40 x 200 = 8000)")
+    evolution.add_argument("--val-batch-size", type=int, default=200, help="validation batch size (200)")
     parser.add_argument("--data", default=None,
-                        help="best_of_n, perturbation: data module name (default: the run's config.yaml, else digits)")
-    parser.add_argument("--data-root", default=None, help="best_of_n, perturbation: folder of the data set")
+                        help="best_of_n, perturbation, evolution: data module name (default: the run's config.yaml, else digits)")
+    parser.add_argument("--data-root", default=None, help="best_of_n, perturbation, evolution: folder of the data set")
     args = parser.parse_args(argv)
     if args.samples < 1 or (args.batches is not None and args.batches < 1):
         raise ValueError(f"--samples {args.samples} --batches {args.batches}: both must be at least 1")
     if args.proj_intv < 0 or (args.tune_batches is not None and args.tune_batches < 1):
         raise ValueError(f"--proj-intv {args.proj_intv} --tune-batches {args.tune_batches}: "
                          "--proj-intv must be at least 0, --tune-batches at least 1")
+    constraints = parse_constraints(args.constraint)  # a bad one fails before the checkpoint loads
     ckpt = resolve_checkpoint(args.run_or_ckpt)
     run = run_directory(ckpt)
     model = load_algorithm(ckpt)
@@ -108,9 +135,15 @@ def main(argv: list[str]) -> None:
                        none_candidate=args.none_candidate, fresh_arch_optimizer=args.fresh_arch_optimizer,
                        arch_optimizer_state=states[1] if len(states) > 1 else None,
                        progress=lambda line: print(line, flush=True))
+    out = Path(args.out) if args.out else run / f"arch_{args.rule}.json"
+    if args.rule == "evolution":
+        options.update(constraints=[str(c) for c in constraints], directory=str(out.with_suffix("")),
+                       population=args.population, generations=args.generations, parents=args.parents,
+                       mutants=args.mutants, crossovers=args.crossovers, mutation_prob=args.mutation_prob,
+                       bn_mode=args.bn_mode, bn_batches=args.bn_batches, bn_batch_size=args.bn_batch_size,
+                       val_images=args.val_images, val_batch_size=args.val_batch_size)
     chosen = selection.select(args.rule, model, datamodule, **options)
     if data_source is not None:
         chosen.settings["data"] = data_source
-    out = Path(args.out) if args.out else run / f"arch_{args.rule}.json"
     write_record(out, model, chosen.arch, args.rule, ckpt, chosen.scores, chosen.settings)
     print(f"architecture: {model.space.format(chosen.arch)}\nrule: {args.rule}\nwrote {out}")

@@ -19,7 +19,9 @@ def main(argv: list[str]) -> None:
     what.add_argument("--index", type=int, help="NAS-Bench-201 benchmark index")
     what.add_argument("--all", action="store_true", help="every architecture (enumerable spaces only)")
     parser.add_argument("--out", help="CSV file for --all (default: stdout)")
-    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="classifier outputs (default: the space's, 10 for nb201 and darts, "
+                             "1000 for spos at 224x224)")
     parser.add_argument("--C", type=int, default=None, help="initial channels (DARTS evaluation: 36)")
     parser.add_argument("--layers", type=int, default=None, help="cells (DARTS evaluation: 20)")
     args = parser.parse_args(argv)

@@ -5,7 +5,8 @@ One-shot NAS is judged by what its architecture scores when trained from scratch
 ``oneshot search``, ``oneshot discretize`` and ``oneshot retrain`` in process::
 
     oneshot pipeline --config experiments/darts_v2_cifar10.yaml \\
-        --retrain experiments/retrain_darts_cifar10.yaml [--rule rule|best_of_n|perturbation] \\
+        --retrain experiments/retrain_darts_cifar10.yaml [--rule rule|best_of_n|perturbation|evolution] \\
+        [--discretize-args "--constraint flops<=330e6"] \\
         [--run-dir DIR] [--retrain-args "--trainer.max_epochs 10 --model.network_options '{C: 16}'"] \\
         [further arguments of the search, e.g. --trainer.max_epochs 1]
 
@@ -66,7 +67,10 @@ def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         help="further retrain arguments, split as a shell would "
                              "(\"--trainer.max_epochs 10 --model.network_options '{C: 16}'\")")
     parser.add_argument("--rule", choices=selection.names(), default="rule",
-                        help="selection strategy of `oneshot discretize` (default: rule, the search's export)")
+                        help="selection strategy of `oneshot discretize` (default: rule, the search's export, "
+                             "which is the search's own selection where it made one, e.g. SPOS's evolution)")
+    parser.add_argument("--discretize-args", default="", metavar="STRING",
+                        help="further `oneshot discretize` arguments (\"--constraint flops<=330e6 --generations 5\")")
     parser.add_argument("--run-dir", default=None, metavar="DIR",
                         help="the run directory; pass an existing one to resume "
                              "(default: runs/pipeline/<search config name>/version_N)")
@@ -167,7 +171,7 @@ def main(argv: list[str]) -> Optional[dict[str, Any]]:
     result_path = retrain_dir / "result.json"
     settings = {
         "search": {"config": args.config, "args": search_args},
-        "discretize": {"rule": args.rule},
+        "discretize": {"rule": args.rule, **({"args": shlex.split(args.discretize_args)} if args.discretize_args else {})},
         "retrain": {"config": args.retrain, "args": retrain_args},
     }
     stages = Stages(run_dir)
@@ -201,7 +205,7 @@ def main(argv: list[str]) -> Optional[dict[str, Any]]:
 
     if not stages.done("discretize", arch_path):
         stages.start("discretize", settings["discretize"], {"path": "arch.json", "source": "search"})
-        discretize.main([str(search_dir), "--rule", args.rule, "--out", str(arch_path)])
+        discretize.main([str(search_dir), "--rule", args.rule, *settings["discretize"].get("args", []), "--out", str(arch_path)])
         stages.finish("discretize")
     if args.stop_after == "discretize":
         return None

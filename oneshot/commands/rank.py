@@ -19,14 +19,11 @@ import shlex
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-from torch.utils.data import DataLoader, Subset
-
 from oneshot.rank import metrics
 from oneshot.rank.choose import choose_archs, deiso_truth
 from oneshot.rank.ground_truth import join, load_ground_truth, load_table
 from oneshot.rank.report import write_report
-from oneshot.rank.scoring import BN_MODES, score_archs
+from oneshot.rank.scoring import BN_MODES, fixed_batches, score_archs
 from oneshot.algorithms import load_algorithm
 from oneshot.checkpoints import resolve_checkpoint, run_directory
 from oneshot.commands import rank_study
@@ -58,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the architecture choice and data subsets")
     parser.add_argument("--bn", choices=BN_MODES, default="recalibrate",
                         help="BatchNorm statistics when scoring: recalibrate (OFA: exact averages over "
-                             "--bn-images training images), train (batch statistics), running (stored)")
+                             "--bn-images training images), reset (SPOS: statistics reset, then a moving "
+                             "average over them), train (batch statistics), running (stored)")
     parser.add_argument("--bn-images", type=int, default=2000, help="recalibration images (OFA: 2000)")
     parser.add_argument("--bn-batch-size", type=int, default=200, help="recalibration batch size (OFA: 200)")
     parser.add_argument("--val-images", type=int, default=1000,
@@ -89,21 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- data ------------------------------------------------------------------------------------------
-def fixed_batches(dataset: Any, images: int, batch_size: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """A seeded random subset of ``images`` items, read once into batches: every architecture sees
-    the same tensors (also where the dataset's transform is random)."""
-    if images < 1 or batch_size < 1:
-        raise ValueError(f"images={images}, batch_size={batch_size}: both must be at least 1")
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(dataset), generator=generator)[:images].tolist()
-    state = torch.get_rng_state()
-    torch.manual_seed(seed)  # the random transforms, drawn once
-    try:
-        return [(x, y) for x, y in DataLoader(Subset(dataset, order), batch_size=batch_size, shuffle=False)]
-    finally:
-        torch.set_rng_state(state)
-
-
 def expand_sources(sources: Sequence[str], all_checkpoints: bool) -> list[Path]:
     paths = []
     for source in sources:
@@ -129,7 +112,7 @@ def supernet_sources(args: argparse.Namespace, archs: list, checkpoints: list[Pa
     datamodule, data_source = datamodule_from_run(run_directory(checkpoints[0]), args.data, args.data_root)
     val_batches = fixed_batches(datamodule.arch_eval_set, args.val_images, args.batch_size, args.seed)
     bn_batches = (fixed_batches(datamodule.weight_set, args.bn_images, args.bn_batch_size, args.seed + 1)
-                  if args.bn == "recalibrate" else [])
+                  if args.bn in ("recalibrate", "reset") else [])
     sources, seen_epochs = [], {}
     for i, ckpt in enumerate(checkpoints):
         model = first_model if i == 0 else load_algorithm(ckpt)

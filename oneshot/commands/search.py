@@ -7,10 +7,11 @@ overrides (``--trainer.max_epochs 3``) and ``--print_config`` work as in Lightni
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from oneshot.checkpoints import read_checkpoint
-from oneshot.commands.common import UserError, add_run_arguments, quiet_lightning, trainer_defaults
+from oneshot.commands.common import UserError, add_run_arguments, config_value, quiet_lightning, trainer_defaults
 from oneshot.commands.parsing import lightning_cli_class
 
 HELP = "train a supernet and export its architecture (LightningCLI; --help for options)"
@@ -29,6 +30,23 @@ def check_strategy(trainer: Any, model: Any) -> None:
                         "--trainer.strategy ddp_find_unused_parameters_true")
 
 
+DEFAULT_MODEL = "oneshot.algorithms.DartsSearch"
+
+
+def with_default_model(argv: list[str]) -> list[str]:
+    """``argv`` with ``--model DartsSearch`` in front when neither it nor a config names a model.
+
+    A default class in the parser's defaults would lend its argument defaults to any other
+    ``--model`` (jsonargparse issue #460: ``--model SposSearch`` would train with DARTS's lr), so
+    the default is given as an argument, and only where no other model is chosen.
+    """
+    configs = [a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+               for i, a in enumerate(argv) if a == "--config" or a.startswith("--config=")]
+    named = any(a == "--model" or a.startswith(("--model=", "--model.class_path")) for a in argv)
+    in_config = any(os.path.isfile(c) and config_value([c], ("model", "class_path")) for c in configs)
+    return argv if named or in_config else ["--model", DEFAULT_MODEL, *argv]
+
+
 def main(argv: list[str]) -> None:
     quiet_lightning()
     from oneshot.algorithms import SupernetTraining
@@ -36,12 +54,11 @@ def main(argv: list[str]) -> None:
 
     class SearchCLI(lightning_cli_class()):
         def add_arguments_to_parser(self, parser) -> None:
-            add_run_arguments(parser, {"model": {"class_path": "oneshot.algorithms.DartsSearch"}},
-                              "model.init_args")
+            add_run_arguments(parser, {}, "model.init_args")
 
     cli = SearchCLI(
         SupernetTraining, ImageDataModule, subclass_mode_model=True, subclass_mode_data=True,
-        run=False, args=argv, seed_everything_default=2,  # DARTS train_search.py --seed 2
+        run=False, args=with_default_model(argv), seed_everything_default=2,  # DARTS train_search.py --seed 2
         auto_configure_optimizers=False,  # the optimizers are the algorithm's own
         save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "oneshot search"},
         trainer_defaults=trainer_defaults("search"),

@@ -8,9 +8,12 @@ One registry serves the search's ``selection`` option and ``oneshot discretize -
   already made (RSPS's best-of-N);
 * ``best_of_n``: score uniform samples with inherited weights and keep the best
   (:mod:`oneshot.selection.best_of_n`, NAS-Bench-201's ``search_find_best``);
-* ``perturbation``: DARTS-PT (:mod:`oneshot.selection.perturbation`).
+* ``perturbation``: DARTS-PT (:mod:`oneshot.selection.perturbation`);
+* ``evolution``: SPOS's evolutionary search under cost constraints, every candidate scored with
+  inherited weights after its BatchNorm statistics are rebuilt (:mod:`oneshot.selection.evolution`,
+  :mod:`oneshot.selection.evolve`).
 
-``evolution`` ([2/8]), ``controller`` ([3/8]) and ``predictor`` ([4/8]) join the same registry.
+``controller`` ([3/8]) and ``predictor`` ([4/8]) join the same registry.
 A strategy receives the supernet through the small protocol of :mod:`oneshot.selection.protocol`
 and validation data, and returns a :class:`Selection`.
 """
@@ -18,11 +21,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
 from oneshot.selection.best_of_n import best_of_n as score_best_of_n
+from oneshot.selection.evolution import EvolutionSettings, parse_constraints
+from oneshot.selection.evolve import run_evolution
 from oneshot.selection.perturbation import perturbation_select
 from supernets import Arch
 
@@ -125,3 +130,18 @@ def perturbation_strategy(model: Any, datamodule: Any, num_batches: int | None =
         progress=progress, **options)
     return Selection(arch, scores, {"num_batches": num_batches, "seed": seed, **options,
                                     "arch_optimizer": "fresh" if state is None else "the search's"})
+
+
+@register("evolution")
+def evolution_strategy(model: Any, datamodule: Any, constraints: Sequence[str] = (), seed: int = 0,
+                       bn_mode: str = "reset", bn_batches: int = 200, bn_batch_size: int = 128,
+                       val_images: int = 8000, val_batch_size: int = 200, directory: str | None = None,
+                       progress: bool = True, population: int = 50, generations: int = 20, parents: int = 10,
+                       mutants: int = 25, crossovers: int = 25, mutation_prob: float = 0.1, **_: Any) -> Selection:
+    """SPOS evolution (search.py defaults); ``directory`` keeps its state (resumable per generation),
+    TensorBoard scalars and ``evolution.png``. The scores are the whole history, best first."""
+    settings = EvolutionSettings(population, generations, parents, mutants, crossovers, mutation_prob)
+    evolution, protocol = run_evolution(
+        model, datamodule, parse_constraints(constraints), settings, seed, bn_mode, bn_batches, bn_batch_size,
+        val_images, val_batch_size, directory, progress)
+    return Selection(evolution.best(), evolution.history, protocol)

@@ -26,7 +26,8 @@ def test_config_parses_with_every_key_known(path, capsys):
         argv = ["search", "--config", path, "--print_config"]
     if name.startswith("retrain_"):  # retraining needs an architecture of the config's space
         argv[0] = "retrain"
-        argv += ["--arch", "DARTS_V2" if "darts" in name else
+        argv += ["--arch", "DARTS_V2" if "darts" in name else "2,1,0,1,2,0,2,0,2,0,2,3,0,0,0,0,3,2,3,3"
+                 if "spos" in name else
                  "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"]
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -117,3 +118,22 @@ def test_imagenet_retrain_comments_quote_the_argparse_defaults():
     assert config["trainer"]["max_epochs"] == 250 and config["model"]["network_options"]["C"] == 48
     assert "--epochs 250" in text and "--init_channels 48" in text
     assert "default --epochs is 1000" not in text and "default --init_channels is 50" not in text
+
+
+def test_spos_imagenet_is_the_released_setting():
+    """megvii-model/SinglePathOneShot train.py, search.py and tester.py defaults (reference section 2)."""
+    config = _load("spos_imagenet.yaml")
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    assert config["trainer"]["max_steps"] == 150000 and data["batch_size"] == 1024
+    assert (model["learning_rate"], model["momentum"], model["weight_decay"]) == (0.5, 0.9, 4e-5)
+    assert (model["label_smoothing"], model["grad_clip"], model["sampler"]) == (0.1, 0.0, "flops_bins")
+    assert model["flops_bins"] == [290e6, 360e6, 10e6] and model["bin_tries"] == 500
+    evolution = model["selection_options"]
+    assert model["selection"] == "evolution" and evolution["constraints"] == ["flops<=330e6"]
+    assert (evolution["population"], evolution["generations"], evolution["parents"]) == (50, 20, 10)
+    assert (evolution["mutants"], evolution["crossovers"], evolution["mutation_prob"]) == (25, 25, 0.1)
+    assert (evolution["bn_mode"], evolution["bn_batches"], evolution["bn_batch_size"]) == ("reset", 200, 128)
+    assert evolution["val_images"] == 8000 and round(1281167 * (1 - data["train_portion"])) == 50000
+    retrain = _load("retrain_spos_imagenet.yaml")
+    assert retrain["trainer"]["max_steps"] == 300000 and retrain["model"]["lr_schedule"] == "linear"
+    assert retrain["model"]["decay_vectors"] is False and retrain["model"]["learning_rate"] == 0.5

@@ -38,7 +38,31 @@ def test_whole_space_table_matches_full_builds(tmp_path):
         assert int(row["params"]) == cost["params"] and int(row["flops_macs"]) == int(cost["macs"])
 
 
+SPOS_README = "2,1,0,1,2,0,2,0,2,0,2,3,0,0,0,0,3,2,3,3"
+
+
+def test_spos_arch_at_imagenet_size(capsys):
+    """Without --num-classes the space's own default: 1000 classes at 224x224 for SPOS."""
+    main(["info", "--space", "spos", "--arch", SPOS_README])
+    out = capsys.readouterr().out
+    assert f"arch:    {SPOS_README}" in out
+    assert "3,558,464" in out  # README: 3.5M
+    assert "322.92 M multiply-adds" in out  # README: 323M FLOPs (multiply-adds)
+    main(["info", "--space", "spos", "--arch", f"({SPOS_README.replace(',', ', ')})", "--num-classes", "10"])
+    assert "2,544,704" in capsys.readouterr().out  # 1024 x 990 fewer classifier weights
+
+
+def test_spos_channels_arch(capsys):
+    main(["info", "--space", "spos-channels", "--arch", SPOS_README + ";" + ",".join("4" * 20)])
+    out = capsys.readouterr().out  # scale 1.0 everywhere: the block-only network
+    assert "3,558,464" in out and "322.92 M multiply-adds" in out
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--space", "spos", "--all"], "space 'spos' is too large to enumerate (4^20 architectures): "
+                                   "--all lists enumerable spaces only"),
+    (["--space", "spos", "--arch", "2,1"], "has 2 block choices, expected 20"),
+    (["--space", "spos", "--arch", SPOS_README, "--C", "36"], "unknown option(s) C for space 'spos'"),
     (["--space", "nb201", "--arch", "|foo~0|+|none~0|none~1|+|none~0|none~1|none~2|"], "unknown op 'foo'"),
     (["--space", "nb201", "--arch", "|none~0|+|none~0|"], "separated by '+', not 3"),
     (["--space", "nb201", "--genotype", "DARTS_V2"], "--space darts"),
