@@ -14,7 +14,10 @@ Trainer ``global_step`` stays 0, so GDAS and RSPS would sample the same path at 
 the benchmark advances ``PL_GLOBAL_SEED``, which their samplers read, once per step so each
 step samples a fresh path as training does. The ``single`` row is a stand-alone network of one
 path of comparable size: ``build_network(space.sample(Random(0)))`` for NAS-Bench-201 (C=16,
-N=5) and ``build_network(DARTS_V2, C=16, layers=8)`` for the DARTS space.
+N=5) and ``build_network(DARTS_V2, C=16, layers=8)`` for the DARTS space. For SPOS
+(``SposSearch``, full ImageNet widths, 10 classes, 64x64 input) both rows run the same path:
+the supernet step is the sampled path plus the sampler and the dropped zero gradients, and
+``single`` is that path's stand-alone network (affine BN, as retrained).
 
 Compared against D-X-Y/AutoDL-Projects (``pip install --no-deps xautodl``), built with the
 settings of our supernets (C=16, 8 cells / N=5, affine False, running stats on):
@@ -39,6 +42,7 @@ Usage (from the repository root)::
 
     .venv/bin/python benchmarks/step.py                       # both spaces, 4 algorithms, CPU
     .venv/bin/python benchmarks/step.py --spaces nb201 --algorithms gdas rsps --steps 20
+    .venv/bin/python benchmarks/step.py --spaces spos --algorithms spos --steps 20   # SPOS vs its path alone
     .venv/bin/python benchmarks/step.py --device cuda --steps 50
     .venv/bin/python benchmarks/step.py --profile --spaces darts --algorithms gdas  # top ops
 """
@@ -65,11 +69,14 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-SPACES = ("darts", "nb201")
-ALGORITHMS = ("darts", "pcdarts", "gdas", "rsps")
+SPACES = ("darts", "nb201", "spos")
+CELL_ALGORITHMS = ("darts", "pcdarts", "gdas", "rsps")
+ALGORITHMS = (*CELL_ALGORITHMS, "spos")
+SPACE_ALGORITHMS = {"darts": CELL_ALGORITHMS, "nb201": CELL_ALGORITHMS, "spos": ("spos",)}
 IMPLEMENTATIONS = ("ours", "xautodl")
 XAUTODL_ALGORITHMS = ("darts", "gdas")  # the xautodl search models compared here
 INPUT_SHAPE = (3, 32, 32)  # CIFAR-10
+SPOS_INPUT_SHAPE = (3, 64, 64)  # a CPU-sized input for the 32x-downsampling SPOS backbone (2x2 at the end)
 NUM_CLASSES = 10
 # DARTS train_search.py: --learning_rate 0.025 --momentum 0.9 --weight_decay 3e-4.
 LR, MOMENTUM, WEIGHT_DECAY = 0.025, 0.9, 3e-4
@@ -100,7 +107,8 @@ def build_ours(space: str, algorithm: str, device: torch.device) -> Built:
     steps = iter(range(1, 2**31))
 
     def step_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        os.environ["PL_GLOBAL_SEED"] = str(next(steps))  # a fresh GDAS/RSPS sample per step
+        # a fresh GDAS/RSPS sample per step; SPOS keeps one path: the single row's (spos_path)
+        os.environ["PL_GLOBAL_SEED"] = "0" if space == "spos" else str(next(steps))
         return model.loss_and_accuracy((x, y), model.decisions_for_weight_step())[0]
 
     note = f"{type(model).__name__}, input {str(model.input_memory_format()).split('.')[-1]}"
@@ -115,6 +123,9 @@ def build_single(space: str, device: torch.device) -> Built:
     if space == "darts":  # the 8-cell, C=16 search layout, with DARTS_V2's cells
         arch = search_space.genotypes["DARTS_V2"]
         network = search_space.build_network(arch, num_classes=NUM_CLASSES, C=16, layers=8)
+    elif space == "spos":  # the path the spos row trains, with affine BN as SPOS retrains it
+        arch = spos_path()
+        network = search_space.build_network(arch, num_classes=NUM_CLASSES)
     else:
         arch = search_space.sample(random.Random(0))
         network = search_space.build_network(arch, num_classes=NUM_CLASSES)
@@ -186,6 +197,15 @@ def build_xautodl(space: str, algorithm: str, device: torch.device) -> Built:
     return model, list(model.get_weights()), list(model.get_alphas()), step_loss, cls.__name__
 
 
+def spos_path() -> Any:
+    """The path ``SposSearch`` samples at step 0 under seed 0 (the spos row's every step)."""
+    from oneshot.algorithms.base import rank_shared_seed
+    import supernets
+
+    os.environ["PL_GLOBAL_SEED"] = "0"
+    return supernets.get("spos").sample(random.Random(rank_shared_seed("spos", "weights", 0)))
+
+
 def build(space: str, impl: str, algorithm: str, device: torch.device) -> Built:
     if impl == "ours":
         return build_single(space, device) if algorithm == "single" else build_ours(space, algorithm, device)
@@ -216,12 +236,14 @@ def make_step(args: argparse.Namespace, space: str, impl: str, algorithm: str, d
     optimizer = torch.optim.SGD([{"params": weights, "weight_decay": WEIGHT_DECAY},
                                  {"params": arch_params, "weight_decay": 0.0}],
                                 lr=LR, momentum=MOMENTUM)
-    x = torch.randn(args.batch_size, *INPUT_SHAPE, device=device)
+    x = torch.randn(args.batch_size, *(SPOS_INPUT_SHAPE if space == "spos" else INPUT_SHAPE), device=device)
     y = torch.randint(0, NUM_CLASSES, (args.batch_size,), device=device)
+    after_backward = getattr(model, "after_weight_backward", lambda: None)  # SPOS drops zero gradients
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         step_loss(x, y).backward()
+        after_backward()
         optimizer.step()  # parameters off the sampled path have no gradient: SGD skips them
 
     return model, weights, arch_params, step, note
@@ -281,7 +303,8 @@ def planned_rows(args: argparse.Namespace, have_xautodl: bool) -> list[tuple[str
     models for the algorithms it has."""
     rows = []
     for space in args.spaces:
-        rows += [(space, "ours", algorithm) for algorithm in args.algorithms]
+        rows += [(space, "ours", algorithm) for algorithm in args.algorithms
+                 if algorithm in SPACE_ALGORITHMS[space]]
         rows.append((space, "ours", "single"))
         if have_xautodl:
             rows += [(space, "xautodl", a) for a in XAUTODL_ALGORITHMS if a in args.algorithms]
@@ -297,21 +320,26 @@ def _ratio(a: float, b: float | None) -> str:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    """Ratios: ours / xautodl for the same algorithm; every row / our DARTS step."""
+    """Ratios: ours / xautodl for the same algorithm; every row / our DARTS step; every row / the
+    space's stand-alone network (for SPOS the same path)."""
     header = (f"{'space':<6} {'impl':<8} {'algorithm':<9} {'params':>10} {'ms/step':>9} {'min ms':>9} "
-              f"{'peak MB':>8} | {'t/xautodl':>9} {'m/xautodl':>9} | {'t/DARTS':>7} {'m/DARTS':>7}")
+              f"{'peak MB':>8} | {'t/xautodl':>9} {'m/xautodl':>9} | {'t/DARTS':>7} {'m/DARTS':>7} | "
+              f"{'t/single':>8} {'m/single':>8}")
     print(header)
     print("-" * len(header))
     by_key = {(r["space"], r["impl"], r["algorithm"]): r for r in rows}
     for r in rows:
         xautodl = by_key.get((r["space"], "xautodl", r["algorithm"])) if r["impl"] == "ours" else None
         darts = by_key.get((r["space"], "ours", "darts"))
+        single = by_key.get((r["space"], "ours", "single"))
         print(f"{r['space']:<6} {r['impl']:<8} {r['algorithm']:<9} {r['params']:>10,} "
               f"{r['median_ms']:>9.1f} {r['min_ms']:>9.1f} {r['peak_mb']:>8.1f} | "
               f"{_ratio(r['median_ms'], xautodl and xautodl['median_ms']):>9} "
               f"{_ratio(r['peak_mb'], xautodl and xautodl['peak_mb']):>9} | "
               f"{_ratio(r['median_ms'], darts and darts['median_ms']):>7} "
-              f"{_ratio(r['peak_mb'], darts and darts['peak_mb']):>7}")
+              f"{_ratio(r['peak_mb'], darts and darts['peak_mb']):>7} | "
+              f"{_ratio(r['median_ms'], single and single['median_ms']):>8} "
+              f"{_ratio(r['peak_mb'], single and single['peak_mb']):>8}")
     print()
     for r in rows:
         print(f"{r['space']}/{r['impl']}/{r['algorithm']}: {r['note']}")
