@@ -3,6 +3,7 @@ a canonical string, a JSON object, an ``arch.json`` path, or a benchmark index."
 from __future__ import annotations
 
 import json
+import re
 
 from supernets.base import Arch, SearchSpace, read_arch_text
 from supernets.registry import get, names
@@ -25,8 +26,11 @@ def infer_space(text: str) -> str:
         return "darts"
     if "|" in body:
         return "nb201"
+    if re.fullmatch(r"[\s(\[]*\d+(\s*,\s*\d+)*[\s)\]]*(;[\s\d,]*)?", body):
+        return "spos-channels" if ";" in body else "spos"
     raise ValueError(f"cannot tell the space of arch {text[:60]!r}: expected 'Genotype(...)' (darts), "
-                     f"'|op~0|+...' (nb201), JSON with a 'space' key, an arch.json path, or a "
+                     f"'|op~0|+...' (nb201), '2,1,0,...' (spos; 'blocks;channels' spos-channels), "
+                     f"JSON with a 'space' key, an arch.json path, or a "
                      f"published genotype name; or pass the space (one of {', '.join(names())})")
 
 
@@ -36,7 +40,8 @@ def resolve_arch(source: str | None = None, space: str | SearchSpace | None = No
     ``arch.json`` path) or by a benchmark ``index`` of ``space``.
 
     Without ``space``, it is read from the JSON's ``"space"``, from the published names, or from
-    the string's form (``Genotype(...)`` is DARTS, ``|op~0|+...`` is NAS-Bench-201).
+    the string's form (``Genotype(...)`` is DARTS, ``|op~0|+...`` is NAS-Bench-201, comma-separated
+    choices are SPOS).
     """
     chosen = get(space) if isinstance(space, str) else space
     if index is not None:

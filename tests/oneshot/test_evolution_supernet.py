@@ -86,3 +86,23 @@ def test_bad_constraints_are_named(run, tmp_path, constraint, message):
     with pytest.raises(ValueError, match=message):
         main([str(run), "--rule", "evolution", "--constraint", constraint, "--out", str(tmp_path / "a.json"), *SMALL])
     assert not (tmp_path / "a.json").exists()
+
+
+def test_evolution_on_a_darts_supernet_costs_the_evaluation_network(tmp_path):
+    """The DARTS space: nodes are the genes, and a candidate is costed as the 20-cell C=36
+    network it stands for, not as the 8-cell search supernet."""
+    from oneshot.algorithms import DartsSearch
+    from oneshot.selection import select
+
+    L.seed_everything(0)
+    model = DartsSearch(space="darts", space_options={"C": 4, "layers": 2}, num_classes=10, in_channels=1,
+                        memory_format="contiguous")
+    data = DigitsDataModule(batch_size=16)
+    data.setup("fit")
+    chosen = select("evolution", model, data, population=3, generations=2, parents=2, mutants=1, crossovers=1,
+                    bn_mode="train", val_images=32, val_batch_size=32, progress=False)
+    space = supernets.get("darts")
+    assert len(chosen.scores) == 6 and chosen.settings["cost"]["network_options"] == {}
+    first = chosen.scores[0]
+    expected = space.cost(space.parse(first["arch"]), num_classes=10, input_size=(1, 1, 8, 8), in_channels=1)
+    assert first["params"] == expected["params"] and first["macs"] == expected["macs"]

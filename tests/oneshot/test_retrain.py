@@ -349,5 +349,34 @@ def test_retrain_step_schedule_decays_by_gamma_every_epoch():
         scheduler["scheduler"].optimizer.step()
         scheduler["scheduler"].step()
     assert lrs == pytest.approx([0.1, 0.097, 0.1 * 0.97 ** 2])
-    with pytest.raises(ValueError, match="'linear'.*accepted: cosine, step"):
-        RetrainModule("DARTS_V2", network_options={"C": 8, "layers": 5}, lr_schedule="linear")
+    with pytest.raises(ValueError, match="'exponential'.*accepted: cosine, step, linear"):
+        RetrainModule("DARTS_V2", network_options={"C": 8, "layers": 5}, lr_schedule="exponential")
+
+
+def test_retrain_linear_schedule_and_decay_on_weights_only_are_spos_templates():
+    """SPOS Evaluation/template/train.py: LambdaLR(1 - step / total) stepped before each iteration,
+    so iteration i (from 1) runs at lr * (1 - i / T); get_parameters: no decay on BN parameters."""
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+    from oneshot.data import DigitsDataModule
+    from oneshot.retrain import RetrainModule
+
+    class Lrs(Callback):
+        def __init__(self):
+            self.lrs = []
+
+        def on_train_batch_start(self, trainer, module, *args):
+            self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])  # what this iteration uses
+
+    torch.manual_seed(0)
+    model = RetrainModule("2,1,0,1,2,0,2,0,2,0,2,3,0,0,0,0,3,2,3,3", num_classes=10, in_channels=1,
+                          network_options={"stem_channels": 8, "stage_channels": [16, 24, 32, 48], "last_channels": 32},
+                          learning_rate=0.5, lr_schedule="linear", decay_vectors=False, weight_decay=4e-5, grad_clip=0.0)
+    lrs = Lrs()
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=1, logger=False, callbacks=[lrs],
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=32, bilevel=False))
+    assert lrs.lrs == pytest.approx([0.5 * (1 - i / 6) for i in range(1, 7)])
+    decayed, plain = trainer.optimizers[0].param_groups
+    assert plain["weight_decay"] == 0.0 and all(p.dim() > 1 for p in decayed["params"])
+    assert all(p.dim() == 1 for p in plain["params"]) and plain["params"]  # the affine BN parameters
