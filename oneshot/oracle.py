@@ -215,9 +215,54 @@ def regularized_evolution(space: SearchSpace, fitness: Fitness, budget: int, rng
     return history
 
 
+def reinforce(space: SearchSpace, fitness: Fitness, budget: int, rng: random.Random,
+              learning_rate: float = 0.001, baseline_momentum: float = 0.9, lstm_size: int = 32,
+              lstm_layers: int = 2, tanh_constant: float = 2.5, temperature: float = 5.0) -> list[Query]:
+    """REINFORCE as the NB201 paper's baseline (``exps/NAS-Bench-201-algos/reinforce.py``), with
+    the ENAS controller (:class:`~oneshot.controller.Controller`, xautodl's NB201 settings: 2
+    LSTM layers of 32, temperature 5, tanh 2.5) as the policy where the reference uses one
+    softmax per edge (``Policy``).
+
+    Per query: sample, read the fitness as the reward (the table's units), move the baseline (an
+    exponential moving average with momentum 0.9, bias-corrected as the reference's
+    ``ExponentialMovingAverage``) and then step Adam (lr 0.001, ``REINFORCE.sh 0.001``) on
+    -(reward - baseline) * log p.
+    """
+    import torch
+
+    from oneshot.controller import Controller
+
+    check_budget(budget)
+    primitives = getattr(space, "primitives", None)
+    if primitives is None:
+        raise ValueError(f"reinforce samples one op per edge; space {space.name!r} has no primitives (nb201 has)")
+    labels = list(space.sample(random.Random(0)))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(rng.getrandbits(63))
+        controller = Controller("sequence", [len(primitives)] * len(labels), lstm_size, lstm_layers,
+                                lstm_bias=True, tanh_constant=tanh_constant, temperature=temperature)
+    optimizer = torch.optim.Adam(controller.parameters(), lr=learning_rate)
+    generator = torch.Generator().manual_seed(rng.getrandbits(63))
+    numerator = denominator = 0.0
+    history: list[Query] = []
+    while len(history) < budget:
+        sample = controller(generator)
+        arch = Arch(space.name, dict(zip(labels, sample.tokens)))
+        reward = fitness(arch)
+        history.append(Query(arch, reward))
+        numerator = baseline_momentum * numerator + (1 - baseline_momentum) * reward
+        denominator = baseline_momentum * denominator + (1 - baseline_momentum)
+        loss = -sample.log_prob * (reward - numerator / denominator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return history
+
+
 # Each takes (space, fitness, budget, rng) and then keyword parameters, each with its default.
 Strategy = Callable[..., list[Query]]
-STRATEGIES: dict[str, Strategy] = {"evolution": regularized_evolution, "random": random_search}
+STRATEGIES: dict[str, Strategy] = {"evolution": regularized_evolution, "random": random_search,
+                                   "reinforce": reinforce}
 
 
 def get_strategy(name: str) -> Strategy:

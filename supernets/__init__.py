@@ -6,6 +6,8 @@ Spaces register themselves with :func:`register`; ``names()`` lists them;
 from __future__ import annotations
 
 from supernets import darts, nb201, spos  # noqa: F401  (registration)
+from supernets import enas_micro  # noqa: F401  (registration)
+from supernets import enas_macro  # noqa: F401  (registration)
 from supernets.base import Arch, SearchSpace, Supernet, count_parameters, network_cost
 from supernets.registry import get, names, register
 from supernets.sources import resolve_arch

@@ -12,6 +12,7 @@ from typing import Any
 from oneshot.algorithms.base import SupernetTraining
 from oneshot.algorithms.darts import DartsSearch
 from oneshot.algorithms.differentiable import DifferentiableSearch
+from oneshot.algorithms.enas import EnasSearch
 from oneshot.algorithms.gdas import GdasSearch
 from oneshot.algorithms.pcdarts import PCDartsSearch
 from oneshot.algorithms.rsps import RandomSinglePathSearch
@@ -20,7 +21,8 @@ from oneshot.algorithms.spos import SposSearch
 from oneshot.checkpoints import capture_random_state, read_checkpoint, restore_random_state
 
 ALGORITHMS = {"darts": DartsSearch, "pcdarts": PCDartsSearch, "gdas": GdasSearch,
-              "rsps": RandomSinglePathSearch, "spos": SposSearch}
+              "rsps": RandomSinglePathSearch, "spos": SposSearch,
+              "enas": EnasSearch}
 
 
 def accepted_arguments(cls: type) -> set[str]:

@@ -85,6 +85,9 @@ class SupernetTraining(L.LightningModule):
         selection_options: further options of the strategy, e.g. for ``evolution``
             ``{constraints: ["flops<=330e6"], bn_mode: reset, val_images: 8000}``
             (:func:`oneshot.selection.evolution_strategy`).
+        cosine_t_max: the cosine's half period in schedule steps (epochs, or steps with
+            ``lr_schedule_interval: step``); None: the whole run. A shorter one continues as a
+            cosine wave past it (xautodl's ENAS.config ``T_max`` 10 over 250 epochs).
         init_from: a checkpoint of an earlier run (stage) whose supernet weights start this one;
             tensors are copied where name and shape match, the rest keep their initialisation.
             Ignored when a run resumes from its own checkpoint.
@@ -100,7 +103,7 @@ class SupernetTraining(L.LightningModule):
                  grad_clip: float = 5.0, memory_format: str = "auto", lr_schedule_interval: str = "epoch",
                  selection: str | None = None, selection_samples: int = 100, selection_batches: int = 1,
                  selection_shared_batches: bool = True, selection_options: dict[str, Any] | None = None,
-                 init_from: str | None = None):
+                 init_from: str | None = None, cosine_t_max: int | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -254,6 +257,8 @@ class SupernetTraining(L.LightningModule):
         periods = max(int(self.trainer.max_epochs or 1), 1)
         if h.lr_schedule_interval == "step":  # T_max in training steps
             periods = max(int(self.trainer.estimated_stepping_batches), 1)
+        if h.get("cosine_t_max"):
+            periods = int(h.cosine_t_max)
         return weights, torch.optim.lr_scheduler.CosineAnnealingLR(weights, T_max=periods,
                                                                    eta_min=h.learning_rate_min)
 

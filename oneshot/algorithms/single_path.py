@@ -30,6 +30,7 @@ class SinglePathSearch(SupernetTraining):
     single_path = True  # only the sampled candidate runs
     default_selection = "best_of_n"
     sampler_name = "rsps"  # the stream name of the sampler's seeds (kept: resumed runs sample alike)
+    optimizer_count = 1  # the weights' SGD (ENAS adds its controller's Adam)
 
     def check_selection(self, name: str) -> str:
         if name == "rule":
@@ -53,7 +54,7 @@ class SinglePathSearch(SupernetTraining):
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith("alphas.")]:
             del state[key]
-        if len(checkpoint.get("optimizer_states") or []) == 2:
+        if self.optimizer_count == 1 and len(checkpoint.get("optimizer_states") or []) == 2:
             checkpoint["optimizer_states"] = checkpoint["optimizer_states"][:1]
         super().on_load_checkpoint(checkpoint)
 

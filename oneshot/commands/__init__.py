@@ -20,7 +20,7 @@ COMMANDS = {
     "rank": "rank correlation of supernet scores (or a score table) with ground truth; "
             "--train-ground-truth builds a table by stand-alone training",
     "info": "index, parameters and FLOPs of an architecture, or the table of a whole space",
-    "oracle": "query-based search (evolution, random) on a benchmark table column, no supernet",
+    "oracle": "query-based search (evolution, random, reinforce) on a benchmark table column, no supernet",
 }
 USER_ERRORS = (FileNotFoundError, KeyError, IndexError, ValueError, ImportError)  # UserError is a ValueError
 

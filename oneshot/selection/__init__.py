@@ -13,7 +13,10 @@ One registry serves the search's ``selection`` option and ``oneshot discretize -
   inherited weights after its BatchNorm statistics are rebuilt (:mod:`oneshot.selection.evolution`,
   :mod:`oneshot.selection.evolve`).
 
-``controller`` ([3/8]) and ``predictor`` ([4/8]) join the same registry.
+* ``controller``: ENAS's derivation: the best of ``num_samples`` controller samples, each scored
+  on ``num_batches`` validation batches (:mod:`oneshot.controller`).
+
+``predictor`` ([4/8]) joins the same registry.
 A strategy receives the supernet through the small protocol of :mod:`oneshot.selection.protocol`
 and validation data, and returns a :class:`Selection`.
 """
@@ -145,3 +148,22 @@ def evolution_strategy(model: Any, datamodule: Any, constraints: Sequence[str] =
         model, datamodule, parse_constraints(constraints), settings, seed, bn_mode, bn_batches, bn_batch_size,
         val_images, val_batch_size, directory, progress)
     return Selection(evolution.best(), evolution.history, protocol)
+
+
+@register("controller")
+def controller_strategy(model: Any, datamodule: Any, num_samples: int = 100, num_batches: int | None = None,
+                        seed: int = 0, shared_batches: bool = True, **_: Any) -> Selection:
+    """ENAS's derivation: ``num_samples`` architectures from the trained controller (carpedm20
+    ``derive_num_sample`` 100), each scored on the same ``num_batches`` (1) validation batches; the
+    best is kept."""
+    if not hasattr(model, "controller"):
+        raise ValueError(f"selection controller samples from an ENAS controller; {type(model).__name__} has "
+                         "none: use best_of_n or evolution")
+    generator = torch.Generator().manual_seed(seed % 2**63)
+    with torch.no_grad():
+        candidates = [model.codec.arch(model.controller(generator).tokens) for _ in range(num_samples)]
+    num_batches = 1 if num_batches is None else num_batches
+    arch, scores = score_best_of_n(model, datamodule.val_dataloader(), num_batches=num_batches,
+                                   candidates=candidates, shared_batches=shared_batches)
+    return Selection(arch, [[text, float(acc), float(loss)] for text, acc, loss in scores],
+                     {"num_samples": num_samples, "num_batches": num_batches, "seed": seed})

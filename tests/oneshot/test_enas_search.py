@@ -1,0 +1,80 @@
+"""ENAS search: the controller phase trains the controller on validation rewards, a resumed run
+continues exactly (weights, controller, its Adam and baseline), the micro and macro spaces train,
+and a CLI search ends with a loadable checkpoint and arch.json."""
+import json
+import os
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from oneshot.algorithms import EnasSearch, load_algorithm
+from oneshot.commands import main
+from oneshot.data import DigitsDataModule
+
+TINY = {"space": "nb201", "space_options": {"C": 4, "N": 1}, "num_classes": 10, "in_channels": 1,
+        "lstm_size": 16, "lstm_layers": 2, "lstm_bias": True, "tanh_constant": 2.5, "temperature": 5.0,
+        "num_aggregate": 2, "train_steps": 2, "selection_samples": 3}
+
+
+class InterruptAt(Callback):
+    def on_train_epoch_start(self, trainer, module):
+        if trainer.current_epoch == 1:
+            raise KeyboardInterrupt
+
+
+def _fit(root, callbacks=(), ckpt_path=None, **kwargs):
+    L.seed_everything(0)
+    model = EnasSearch(**{**TINY, **kwargs})
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=2, logger=False,
+                        default_root_dir=root, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[ModelCheckpoint(dirpath=root, save_last=True), *callbacks])
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=16), ckpt_path=ckpt_path)
+    return model
+
+
+def test_the_controller_learns_each_epoch_and_a_resumed_run_continues_exactly(tmp_path):
+    reference = _fit(str(tmp_path / "full"))
+    assert reference.controller_epoch == 1 and reference.reinforce.baseline != 0.0
+    fresh = EnasSearch(**TINY)
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.controller.parameters(), reference.controller.parameters()))
+    with pytest.raises(SystemExit):
+        _fit(str(tmp_path / "cut"), [InterruptAt()])
+    saved = torch.load(tmp_path / "cut" / "last.ckpt", weights_only=False)
+    assert saved["enas"]["controller_epoch"] == 0 and len(saved["optimizer_states"]) == 2
+    resumed = _fit(str(tmp_path / "cut"), ckpt_path=str(tmp_path / "cut" / "last.ckpt"))
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed.reinforce.baseline == reference.reinforce.baseline
+    assert resumed.selection["arch"] == reference.selection["arch"]
+    loaded = load_algorithm(str(tmp_path / "cut" / "last.ckpt"))
+    assert loaded.export() == resumed.export()
+
+
+@pytest.mark.parametrize("space, options, settings", [
+    ("enas-micro", {"C": 4, "layers": 3}, {"tanh_constant": 1.1, "op_tanh_reduce": 2.5}),
+    ("enas-macro", {"C": 4, "layers": 6}, {"tanh_constant": 1.5, "skip_weight": 0.8})])
+def test_enas_trains_on_its_own_spaces(tmp_path, space, options, settings):
+    model = _fit(str(tmp_path), space=space, space_options=options, lstm_size=16, lstm_layers=1, lstm_bias=False,
+                 temperature=None, **settings)
+    assert model.controller.kind == space.split("-")[1] and model.selection["strategy"] == "controller"
+    assert model.space.load(model.space.format(model.export())) == model.export()
+
+
+def test_a_space_the_controller_cannot_serve_is_named():
+    with pytest.raises(ValueError, match="structured choices"):
+        EnasSearch(space="darts", space_options={"C": 4, "layers": 2}, num_classes=10, in_channels=1)
+
+
+def test_cli_enas_search_on_the_embedded_data(tmp_path):
+    config = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "enas_nb201_digits_cpu.yaml")
+    main(["search", "--config", config, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+          "--trainer.limit_val_batches", "1", "--model.init_args.train_steps", "1",
+          "--model.init_args.num_aggregate", "2", "--model.init_args.selection_samples", "4",
+          "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(tmp_path)])
+    run = tmp_path / "enas_nb201_digits_cpu" / "version_0"
+    record = json.loads((run / "arch.json").read_text())
+    assert record["algorithm"] == "EnasSearch" and len(record["selection"]["scores"]) == 4
+    model = load_algorithm(str(run / "checkpoints" / "last.ckpt"))
+    assert model.space.format(model.export()) == record["arch"]
