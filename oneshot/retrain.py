@@ -59,6 +59,9 @@ class RetrainModule(L.LightningModule):
             (SPOS Evaluation/template/train.py ``LambdaLR``, stepped before each iteration;
             ``trainer.max_steps`` or ``max_epochs`` sets T).
         lr_gamma: per-epoch decay factor of the ``"step"`` schedule (DARTS ImageNet 0.97).
+        lr_restarts: (T_0, T_mult) of ``"sgdr"``: a per-epoch cosine to ``learning_rate_min`` that
+            restarts after T_0 epochs, each period T_mult times longer (ENAS: 10, 2; its 630
+            epochs are six periods).
         decay_vectors: weight decay on every parameter (DARTS, NB201); False: only on tensors
             named ``weight`` with more than one dimension, not on biases and BatchNorm
             parameters (SPOS ``get_parameters``).
@@ -69,7 +72,8 @@ class RetrainModule(L.LightningModule):
                  learning_rate_min: float = 0.0, momentum: float = 0.9, weight_decay: float = 3e-4,
                  nesterov: bool = False, grad_clip: float = 5.0, auxiliary_weight: float = 0.4,
                  drop_path_prob: float = 0.0, label_smoothing: float = 0.0,
-                 lr_schedule: str = "cosine", lr_gamma: float = 0.97, decay_vectors: bool = True) -> None:
+                 lr_schedule: str = "cosine", lr_gamma: float = 0.97, decay_vectors: bool = True,
+                 lr_restarts: tuple[int, int] = (10, 2)) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.space, self.arch = supernets.resolve_arch(arch, space)
@@ -83,8 +87,8 @@ class RetrainModule(L.LightningModule):
         if "drop_path_prob" in self.network_options:
             raise ValueError("set drop_path_prob on the module (it is ramped per epoch), "
                              "not in network_options")
-        if lr_schedule not in ("cosine", "step", "linear"):
-            raise ValueError(f"lr_schedule={lr_schedule!r}; accepted: cosine, step, linear")
+        if lr_schedule not in ("cosine", "step", "linear", "sgdr"):
+            raise ValueError(f"lr_schedule={lr_schedule!r}; accepted: cosine, step, linear, sgdr")
         if not 0.0 <= drop_path_prob < 1.0:
             raise ValueError(f"drop_path_prob={drop_path_prob}; it must lie in [0, 1)")
         self.network: nn.Module = self.space.build_network(self.arch, num_classes=num_classes,
@@ -174,7 +178,11 @@ class RetrainModule(L.LightningModule):
             # Lightning steps after each iteration; the reference before: iteration i at 1 - i/T
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_to_zero(total, offset=1))
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-        if h.get("lr_schedule", "cosine") == "step":  # hparams of older checkpoints lack it
+        if h.get("lr_schedule") == "sgdr":
+            first, growth = (int(v) for v in h.lr_restarts)
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=first, T_mult=growth,
+                                                                             eta_min=h.learning_rate_min)
+        elif h.get("lr_schedule", "cosine") == "step":  # hparams of older checkpoints lack it
             # epoch e trains with lr * gamma**e (DARTS train_imagenet.py StepLR(optimizer, 1, 0.97))
             scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=h.lr_gamma)
         else:

@@ -88,6 +88,8 @@ class SupernetTraining(L.LightningModule):
         cosine_t_max: the cosine's half period in schedule steps (epochs, or steps with
             ``lr_schedule_interval: step``); None: the whole run. A shorter one continues as a
             cosine wave past it (xautodl's ENAS.config ``T_max`` 10 over 250 epochs).
+        cosine_restarts: (T_0, T_mult): SGDR, warm restarts after T_0 schedule steps, each period
+            T_mult times longer (ENAS ``--child_lr_T_0 10 --child_lr_T_mul 2``); None: no restarts.
         init_from: a checkpoint of an earlier run (stage) whose supernet weights start this one;
             tensors are copied where name and shape match, the rest keep their initialisation.
             Ignored when a run resumes from its own checkpoint.
@@ -103,7 +105,8 @@ class SupernetTraining(L.LightningModule):
                  grad_clip: float = 5.0, memory_format: str = "auto", lr_schedule_interval: str = "epoch",
                  selection: str | None = None, selection_samples: int = 100, selection_batches: int = 1,
                  selection_shared_batches: bool = True, selection_options: dict[str, Any] | None = None,
-                 init_from: str | None = None, cosine_t_max: int | None = None):
+                 init_from: str | None = None, cosine_t_max: int | None = None,
+                 cosine_restarts: tuple[int, int] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -259,6 +262,10 @@ class SupernetTraining(L.LightningModule):
             periods = max(int(self.trainer.estimated_stepping_batches), 1)
         if h.get("cosine_t_max"):
             periods = int(h.cosine_t_max)
+        if h.get("cosine_restarts"):
+            first, growth = (int(v) for v in h.cosine_restarts)
+            return weights, torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+                weights, T_0=first, T_mult=growth, eta_min=h.learning_rate_min)
         return weights, torch.optim.lr_scheduler.CosineAnnealingLR(weights, T_max=periods,
                                                                    eta_min=h.learning_rate_min)
 

@@ -9,8 +9,8 @@ Reference: melodyguan/enas ``src/cifar10/main.py`` (the loop), ``micro_controlle
 Each epoch: the child trains over the training half, one fresh controller sample per batch
 (the base's SGD with the config's schedule and clipping); then ``train_steps x num_aggregate``
 controller samples are each rewarded with their accuracy on the next validation batch, the child's
-BatchNorm in train mode (the reference's ``valid_shuffle``; statistics put back afterwards) and
-no gradient to the shared weights; every ``num_aggregate`` samples one Adam step
+BatchNorm in train mode (micro_child's ``valid_shuffle``; general_child scores in eval mode:
+``reward_bn``; statistics put back afterwards) and no gradient to the shared weights; every ``num_aggregate`` samples one Adam step
 (:class:`~oneshot.controller.Reinforce`). The controller phase runs when the epoch's validation
 starts, so the epoch's checkpoint holds it (or at the epoch's end when no validation runs).
 Samples come from generators seeded by :func:`~oneshot.algorithms.base.rank_shared_seed`, so
@@ -18,8 +18,10 @@ DDP ranks draw the same architectures; the reward is averaged over ranks before 
 moves, so the controller stays identical on every rank.
 
 Where this differs from a reference: xautodl's NB201 ENAS keeps the baseline of the previous
-epoch within an epoch (each step's baseline is recomputed from it, not accumulated) and scores
-rewards with BN in eval mode; here the baseline is the TF reference's running one.
+epoch within an epoch (each step's baseline is recomputed from it, not accumulated); here the
+baseline is the TF reference's running one. The TF search children's auxiliary head (weight 0.4)
+and their L2 term on every variable are not reproduced as such: the configs give the L2 as
+weight decay 2 x l2 (its gradient), and the search runs without the auxiliary head.
 """
 from __future__ import annotations
 
@@ -45,6 +47,9 @@ class EnasSearch(SinglePathSearch):
         entropy_weight, baseline_decay, skip_weight, num_aggregate, controller_grad_clip:
             REINFORCE (:class:`~oneshot.controller.Reinforce`).
         train_steps: controller updates per epoch (each of ``num_aggregate`` samples).
+        reward_bn: the child's BatchNorm when a reward is measured: ``train`` (batch statistics,
+            micro_child ``build_valid_rl``) or ``eval`` (running statistics, general_child's and
+            xautodl's).
         **kwargs: :class:`~oneshot.algorithms.base.SupernetTraining` settings; the selection
             defaults to ``controller`` (the best of ``selection_samples`` controller samples).
     """
@@ -59,8 +64,11 @@ class EnasSearch(SinglePathSearch):
                  controller_betas: tuple[float, float] = (0.9, 0.999), controller_eps: float = 1e-8,
                  entropy_weight: float = 1e-4, baseline_decay: float = 0.99, skip_weight: float = 0.0,
                  num_aggregate: int = 20, train_steps: int = 50, controller_grad_clip: float = 0.0,
-                 **kwargs: Any):
+                 reward_bn: str = "train", **kwargs: Any):
         super().__init__(**kwargs)
+        if reward_bn not in ("train", "eval"):
+            raise ValueError(f"reward_bn={reward_bn!r}: train (micro_child build_valid_rl) or eval "
+                             "(general_child, xautodl)")
         self.codec = ArchCodec(self.space, self.supernet.choices)
         self.controller = Controller(self.codec.kind, self.codec.sizes, lstm_size, lstm_layers, lstm_bias,
                                      tanh_constant, temperature, op_tanh_reduce, skip_target)
@@ -102,7 +110,7 @@ class EnasSearch(SinglePathSearch):
         rewards = []
         # the validation loop runs under inference mode; the controller needs gradients
         with torch.inference_mode(False), torch.enable_grad(), preserved_batchnorm(self.supernet):
-            self.supernet.train()  # the child's BN in train mode, as valid_shuffle_acc
+            self.supernet.train(h.reward_bn == "train")
             for i in range(h.train_steps * h.num_aggregate):
                 x, y = next(batches)
                 generator = torch.Generator().manual_seed(

@@ -27,7 +27,7 @@ def test_config_parses_with_every_key_known(path, capsys):
     if name.startswith("retrain_"):  # retraining needs an architecture of the config's space
         argv[0] = "retrain"
         argv += ["--arch", "DARTS_V2" if "darts" in name else "2,1,0,1,2,0,2,0,2,0,2,3,0,0,0,0,3,2,3,3"
-                 if "spos" in name else
+                 if "spos" in name else "ENAS_MICRO" if "enas_micro" in name else
                  "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"]
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
