@@ -111,7 +111,8 @@ def controller_share() -> None:
                        selection="best_of_n", selection_samples=1)
     clock = Clock()
     trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[clock], limit_val_batches=1)
+                        enable_model_summary=False, callbacks=[clock], limit_val_batches=1,
+                        num_sanity_val_steps=0)
     trainer.fit(model, datamodule=DigitsDataModule(batch_size=64))
     total = clock.train + clock.controller
     print(f"CPU config, 3 epochs: child training {clock.train:.1f} s, controller phases {clock.controller:.1f} s "
