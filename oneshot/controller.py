@@ -107,117 +107,137 @@ class Controller(nn.Module):
         return logits
 
     @staticmethod
-    def decide(logits: torch.Tensor, forced: int | torch.Tensor | None, generator: torch.Generator | None
+    def decide(logits: torch.Tensor, forced: torch.Tensor | None, generator: torch.Generator | None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sample (or take ``forced``) one token per row of ``logits``; its log-prob and the
-        rows' log-softmax."""
+        """Sample (or take ``forced``) one token per row of ``logits`` [rows, K]; the tokens, their
+        log-probabilities and the rows' log-softmax."""
         log_p = F.log_softmax(logits, dim=-1)
         if forced is None:
             token = torch.multinomial(log_p.detach().exp(), 1, generator=generator).squeeze(-1)
         else:
-            token = torch.as_tensor(forced, device=logits.device).reshape(-1)
+            token = forced.to(logits.device).reshape(-1)
         return token, log_p.gather(-1, token[:, None]).squeeze(-1), log_p
 
     @staticmethod
     def entropy_of(log_p: torch.Tensor) -> torch.Tensor:
-        return -(log_p.exp() * log_p).sum().detach()
+        """Each row's entropy [rows], without gradient."""
+        return -(log_p.exp() * log_p).sum(-1).detach()
 
     # --- samplers ---------------------------------------------------------------------------------
     def forward(self, generator: torch.Generator | None = None, tokens: Sequence[int] | None = None
                 ) -> ControllerSample:
-        """Sample an architecture's tokens, or score ``tokens`` (same order as sampled ones)."""
-        forced = None if tokens is None else list(tokens)
-        if self.kind == "sequence":
-            return self._sequence(generator, forced)
-        if self.kind == "micro":
-            return self._micro(generator, forced)
-        return self._macro(generator, forced)
+        """One architecture's tokens, sampled or given (``tokens``: scored as a fixed sequence)."""
+        forced = None if tokens is None else torch.as_tensor([list(tokens)])
+        batch = self.batch(1, generator, forced)
+        return ControllerSample(batch.tokens[0].tolist(), batch.log_prob[0], batch.entropy[0],
+                                None if batch.skip_penalty is None else batch.skip_penalty[0])
 
-    def _sequence(self, generator, forced) -> ControllerSample:
-        x, state = self.g_emb, None
+    def batch(self, size: int, generator: torch.Generator | None = None,
+              tokens: torch.Tensor | None = None) -> "ControllerBatch":
+        """``size`` architectures at once (rows), sampled or given as ``tokens`` [size, T]: the same
+        distribution as ``size`` calls of :meth:`forward`, in one pass."""
+        forced = None if tokens is None else torch.as_tensor(tokens).reshape(size, -1)
+        sampler = {"sequence": self._sequence, "micro": self._micro, "macro": self._macro}[self.kind]
+        return sampler(size, generator, forced)
+
+    def _start(self, size: int) -> torch.Tensor:
+        return self.g_emb.expand(size, -1)
+
+    def _sequence(self, size, generator, forced) -> "ControllerBatch":
+        x, state = self._start(size), None
         tokens, log_prob, entropy = [], 0.0, 0.0
-        for i, size in enumerate(self.sizes):
+        for i, options in enumerate(self.sizes):
             h, state = self.step(x, state)
-            logits = self.shape(self.w_soft(h)[:, :size])
-            token, lp, log_p = self.decide(logits, None if forced is None else forced[i], generator)
-            tokens.append(int(token))
-            log_prob, entropy = log_prob + lp.sum(), entropy + self.entropy_of(log_p)
+            logits = self.shape(self.w_soft(h)[:, :options])
+            token, lp, log_p = self.decide(logits, None if forced is None else forced[:, i], generator)
+            tokens.append(token)
+            log_prob, entropy = log_prob + lp, entropy + self.entropy_of(log_p)
             x = self.w_emb(token)
-        return ControllerSample(tokens, log_prob, entropy)
+        return ControllerBatch(torch.stack(tokens, 1), log_prob, entropy)
 
-    def _micro(self, generator, forced) -> ControllerSample:
+    def _micro(self, size, generator, forced) -> "ControllerBatch":
         nodes, _ = self.sizes
         op_tanh = None if self.tanh_constant is None else self.tanh_constant / self.op_tanh_reduce
-        state, tokens, log_prob, entropy = None, [], 0.0, 0.0
-        position = 0
+        rows = torch.arange(size)
+        state, columns, log_prob, entropy = None, [], 0.0, 0.0
         for cell in range(2):  # normal, then reduction, continuing the LSTM state
             anchors, keys = [], []
-            x = self.g_emb
             for _ in range(2):  # the two cell inputs: zero anchors, keys from the LSTM
-                h, state = self.step(x, state)
+                h, state = self.step(self._start(size), state)
                 anchors.append(torch.zeros_like(h))
                 keys.append(self.w_attn_1(h))
+            x = self._start(size)
             for node in range(2, nodes + 2):
                 chosen = {}
                 for i in range(2):  # the two input indices, by attention over the anchors
                     h, state = self.step(x, state)
-                    query = torch.tanh(torch.cat(keys, 0) + self.w_attn_2(h))
-                    logits = self.shape(self.v_attn(query).view(1, node))
-                    take = None if forced is None else forced[position + 2 * i]
+                    query = torch.tanh(torch.stack(keys, 1) + self.w_attn_2(h)[:, None])  # [B, node, H]
+                    logits = self.shape(self.v_attn(query).squeeze(-1))
+                    take = None if forced is None else forced[:, len(columns) + 2 * i]
                     token, lp, log_p = self.decide(logits, take, generator)
-                    chosen[2 * i] = int(token)
-                    log_prob, entropy = log_prob + lp.sum(), entropy + self.entropy_of(log_p)
-                    x = anchors[int(token)]
+                    chosen[2 * i] = token
+                    log_prob, entropy = log_prob + lp, entropy + self.entropy_of(log_p)
+                    x = torch.stack(anchors)[token, rows]
                 for i in range(2):  # the two ops
                     h, state = self.step(x, state)
                     logits = self.shape(self.w_soft(h) + self.b_soft, op_tanh)
                     if cell == 0:
                         logits = logits + self.b_soft_no_learn
-                    take = None if forced is None else forced[position + 2 * i + 1]
+                    take = None if forced is None else forced[:, len(columns) + 2 * i + 1]
                     token, lp, log_p = self.decide(logits, take, generator)
-                    chosen[2 * i + 1] = int(token)
-                    log_prob, entropy = log_prob + lp.sum(), entropy + self.entropy_of(log_p)
+                    chosen[2 * i + 1] = token
+                    log_prob, entropy = log_prob + lp, entropy + self.entropy_of(log_p)
                     x = self.w_emb(token)
                 h, state = self.step(x, state)
                 anchors.append(h)
                 keys.append(self.w_attn_1(h))
-                x = self.g_emb
-                tokens += [chosen[0], chosen[1], chosen[2], chosen[3]]  # index_1, op_1, index_2, op_2
-                position += 4
-        return ControllerSample(tokens, log_prob, entropy)
+                x = self._start(size)
+                columns += [chosen[0], chosen[1], chosen[2], chosen[3]]  # index_1, op_1, index_2, op_2
+        return ControllerBatch(torch.stack(columns, 1), log_prob, entropy)
 
-    def _macro(self, generator, forced) -> ControllerSample:
+    def _macro(self, size, generator, forced) -> "ControllerBatch":
         layers, _ = self.sizes
         target = torch.tensor([1.0 - self.skip_target, self.skip_target])
-        x, state, anchors, keys = self.g_emb, None, [], []
-        tokens, log_prob, entropy, penalties = [], 0.0, 0.0, []
-        position = 0
+        x, state, anchors, keys = self._start(size), None, [], []
+        columns, log_prob, entropy, penalties, position = [], 0.0, 0.0, [], 0
         for layer in range(layers):
             h, state = self.step(x, state)
-            logits = self.shape(self.w_soft(h))
-            token, lp, _ = self.decide(logits, None if forced is None else forced[position], generator)
-            tokens.append(int(token))
+            take = None if forced is None else forced[:, position]
             position += 1
-            log_prob, entropy = log_prob + lp.sum(), entropy + (-lp * lp.exp()).sum().detach()
+            token, lp, _ = self.decide(self.shape(self.w_soft(h)), take, generator)
+            columns.append(token[:, None])
+            log_prob, entropy = log_prob + lp, entropy + (-lp * lp.exp()).detach()
             h, state = self.step(self.w_emb(token), state)
             if layer > 0:
-                q = self.v_attn(torch.tanh(torch.cat(keys, 0) + self.w_attn_2(h)))  # [layer, 1]
-                logits = self.shape(torch.cat([-q, q], 1))
-                take = None if forced is None else forced[position:position + layer]
-                skips, lp, _ = self.decide(logits, take, generator)
-                tokens += [int(s) for s in skips]
+                q = self.v_attn(torch.tanh(torch.stack(keys, 1) + self.w_attn_2(h)[:, None]))  # [B, layer, 1]
+                logits = self.shape(torch.cat([-q, q], -1))  # [B, layer, 2]
+                take = None if forced is None else forced[:, position:position + layer]
                 position += layer
-                log_prob, entropy = log_prob + lp.sum(), entropy + (-lp * lp.exp()).sum().detach()
+                skips, lp, _ = self.decide(logits.reshape(-1, 2), take, generator)
+                skips, lp = skips.view(size, layer), lp.view(size, layer)
+                columns.append(skips)
+                log_prob, entropy = log_prob + lp.sum(1), entropy + (-lp * lp.exp()).sum(1).detach()
                 probs = torch.sigmoid(logits)
-                penalties.append((probs * torch.log(probs / target.to(probs.device))).sum())
-                weights = skips.to(h.dtype)[None, :]
-                x = weights @ torch.cat(anchors, 0) / (1.0 + weights.sum())
+                penalties.append((probs * torch.log(probs / target.to(probs.device))).sum((1, 2)))
+                weights = skips.to(h.dtype)[:, :, None]
+                x = (weights * torch.stack(anchors, 1)).sum(1) / (1.0 + weights.sum(1))
             else:
-                x = self.g_emb
+                x = self._start(size)
             anchors.append(h)
             keys.append(self.w_attn_1(h))
-        penalty = torch.stack(penalties).mean() if penalties else torch.zeros(())
-        return ControllerSample(tokens, log_prob, entropy, penalty)
+        penalty = torch.stack(penalties, 1).mean(1) if penalties else torch.zeros(size)
+        return ControllerBatch(torch.cat(columns, 1), log_prob, entropy, penalty)
+
+
+@dataclass
+class ControllerBatch:
+    """Rows of architectures: tokens [B, T], log-probabilities [B], entropies [B] (no gradient),
+    macro skip penalties [B]."""
+
+    tokens: torch.Tensor
+    log_prob: torch.Tensor
+    entropy: torch.Tensor
+    skip_penalty: torch.Tensor | None = None
 
 
 class Reinforce:
@@ -226,8 +246,11 @@ class Reinforce:
     melodyguan/enas ``build_trainer``: reward R = accuracy + ``entropy_weight`` * entropy; the
     baseline moves first, b <- b - (1 - ``baseline_decay``)(b - R), from 0, and the loss uses
     the moved baseline: -(R - b) * log p (+ ``skip_weight`` * the macro skip penalty). The
-    gradients of ``num_aggregate`` samples are averaged (SyncReplicas) before one optimizer step,
-    with the norm clipped to ``grad_clip`` where set (xautodl clips at 5; the TF scripts do not).
+    gradients of the ``num_aggregate`` samples of one update are averaged (SyncReplicas) before one
+    optimizer step, with the norm clipped to ``grad_clip`` where set (xautodl clips at 5; the TF
+    scripts do not). The samples of an update are drawn together (the controller does not change
+    between them) and scored in one batched pass; the gradient is taken with ``autograd.grad`` so
+    that no DDP hook sees it.
     """
 
     def __init__(self, controller: Controller, optimizer: torch.optim.Optimizer, entropy_weight: float = 0.0,
@@ -240,39 +263,41 @@ class Reinforce:
         self.entropy_weight, self.baseline_decay = entropy_weight, baseline_decay
         self.skip_weight, self.num_aggregate, self.grad_clip = skip_weight, num_aggregate, grad_clip
         self.baseline = 0.0
-        self.pending = 0  # samples accumulated since the last update
 
-    def loss(self, sample: ControllerSample, accuracy: float) -> tuple[torch.Tensor, float]:
-        """The sample's loss and reward; moves the baseline."""
-        reward = float(accuracy) + self.entropy_weight * float(sample.entropy)
-        self.baseline -= (1.0 - self.baseline_decay) * (self.baseline - reward)
-        loss = -sample.log_prob * (reward - self.baseline)
-        if self.skip_weight and sample.skip_penalty is not None:
-            loss = loss + self.skip_weight * sample.skip_penalty
-        return loss, reward
+    def sample(self, generator: torch.Generator | None = None) -> ControllerBatch:
+        """The ``num_aggregate`` architectures of one update (no gradient)."""
+        with torch.no_grad():
+            return self.controller.batch(self.num_aggregate, generator)
 
-    def accumulate(self, sample: ControllerSample, accuracy: float,
-                   backward: "callable | None" = None) -> dict[str, float]:
-        """Add one sample's gradient (averaged over ``num_aggregate``); update when enough came in.
-        ``backward`` replaces ``loss.backward()`` (Lightning's ``manual_backward``)."""
-        loss, reward = self.loss(sample, accuracy)
-        (backward or torch.Tensor.backward)(loss / self.num_aggregate)
-        self.pending += 1
-        stepped = self.pending == self.num_aggregate
-        if stepped:
-            if self.grad_clip:
-                nn.utils.clip_grad_norm_(self.controller.parameters(), self.grad_clip)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.pending = 0
-        return {"loss": float(loss.detach()), "reward": reward, "baseline": self.baseline,
-                "entropy": float(sample.entropy), "stepped": float(stepped)}
+    def update(self, batch: ControllerBatch, accuracies: Sequence[float]) -> dict[str, float]:
+        """One controller step from the rewards of ``batch``'s rows, baselines moved in row order."""
+        advantages, rewards = [], []
+        for accuracy, entropy in zip(accuracies, batch.entropy.tolist()):
+            reward = float(accuracy) + self.entropy_weight * entropy
+            self.baseline -= (1.0 - self.baseline_decay) * (self.baseline - reward)
+            advantages.append(reward - self.baseline)
+            rewards.append(reward)
+        scored = self.controller.batch(len(rewards), tokens=batch.tokens)
+        advantage = torch.tensor(advantages, dtype=scored.log_prob.dtype)
+        loss = -(advantage * scored.log_prob)
+        if self.skip_weight and scored.skip_penalty is not None:
+            loss = loss + self.skip_weight * scored.skip_penalty
+        loss = loss.mean()  # the average of the samples' gradients
+        parameters = [p for p in self.controller.parameters() if p.requires_grad]
+        for p, g in zip(parameters, torch.autograd.grad(loss, parameters, allow_unused=True)):
+            p.grad = g
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(parameters, self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": float(loss.detach()), "reward": sum(rewards) / len(rewards), "baseline": self.baseline,
+                "entropy": float(batch.entropy.mean())}
 
     def state_dict(self) -> dict[str, float]:
-        return {"baseline": self.baseline, "pending": self.pending}
+        return {"baseline": self.baseline}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
-        self.baseline, self.pending = float(state["baseline"]), int(state["pending"])
+        self.baseline = float(state["baseline"])
 
 
 # --- which sampler serves a space, and how its tokens make an Arch -------------------------------

@@ -96,6 +96,7 @@ class SupernetTraining(L.LightningModule):
     """
 
     single_path: bool = False  # True: unsampled candidates get no gradient (DDP must allow it)
+    auxiliary_weight: float = 0.0  # the loss weight of an auxiliary head where the supernet has one
     default_selection: str = "rule"
 
     def __init__(self, space: str = "nb201", space_options: dict[str, Any] | None = None,
@@ -200,8 +201,12 @@ class SupernetTraining(L.LightningModule):
     def loss_and_accuracy(self, batch: Any, decisions: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
         x = self.supernet.prepare_input(x, decisions)
-        logits = self.supernet(x.contiguous(memory_format=self.input_memory_format()), decisions)
-        return self.loss(logits, y), (logits.argmax(-1) == y).float().mean()
+        outputs = self.supernet(x.contiguous(memory_format=self.input_memory_format()), decisions)
+        logits, auxiliary = outputs if isinstance(outputs, tuple) else (outputs, None)
+        loss = self.loss(logits, y)
+        if auxiliary is not None:  # a supernet with an auxiliary head, in training (ENAS micro)
+            loss = loss + self.auxiliary_weight * self.loss(auxiliary, y)
+        return loss, (logits.argmax(-1) == y).float().mean()
 
     def weight_optimizer(self) -> Any:
         optimizers = self.optimizers()

@@ -11,7 +11,7 @@ Each epoch: the child trains over the training half, one fresh controller sample
 controller samples are each rewarded with their accuracy on the next validation batch, the child's
 BatchNorm in train mode (micro_child's ``valid_shuffle``; general_child scores in eval mode:
 ``reward_bn``; statistics put back afterwards) and no gradient to the shared weights; every ``num_aggregate`` samples one Adam step
-(:class:`~oneshot.controller.Reinforce`). The controller phase runs when the epoch's validation
+(:class:`~oneshot.controller.Reinforce`: the samples of a step are drawn and scored as one batch). The controller phase runs when the epoch's validation
 starts, so the epoch's checkpoint holds it (or at the epoch's end when no validation runs).
 Samples come from generators seeded by :func:`~oneshot.algorithms.base.rank_shared_seed`, so
 DDP ranks draw the same architectures; the reward is averaged over ranks before the baseline
@@ -19,9 +19,8 @@ moves, so the controller stays identical on every rank.
 
 Where this differs from a reference: xautodl's NB201 ENAS keeps the baseline of the previous
 epoch within an epoch (each step's baseline is recomputed from it, not accumulated); here the
-baseline is the TF reference's running one. The TF search children's auxiliary head (weight 0.4)
-and their L2 term on every variable are not reproduced as such: the configs give the L2 as
-weight decay 2 x l2 (its gradient), and the search runs without the auxiliary head.
+baseline is the TF reference's running one. The TF search children's L2 term on every variable
+is given as weight decay 2 x l2 (its gradient) in the configs.
 """
 from __future__ import annotations
 
@@ -47,6 +46,8 @@ class EnasSearch(SinglePathSearch):
         entropy_weight, baseline_decay, skip_weight, num_aggregate, controller_grad_clip:
             REINFORCE (:class:`~oneshot.controller.Reinforce`).
         train_steps: controller updates per epoch (each of ``num_aggregate`` samples).
+        auxiliary_weight: the loss weight of the search child's auxiliary head, when its space
+            options build one (micro ``auxiliary: true``; micro_child.py: 0.4).
         reward_bn: the child's BatchNorm when a reward is measured: ``train`` (batch statistics,
             micro_child ``build_valid_rl``) or ``eval`` (running statistics, general_child's and
             xautodl's).
@@ -64,8 +65,9 @@ class EnasSearch(SinglePathSearch):
                  controller_betas: tuple[float, float] = (0.9, 0.999), controller_eps: float = 1e-8,
                  entropy_weight: float = 1e-4, baseline_decay: float = 0.99, skip_weight: float = 0.0,
                  num_aggregate: int = 20, train_steps: int = 50, controller_grad_clip: float = 0.0,
-                 reward_bn: str = "train", **kwargs: Any):
+                 reward_bn: str = "train", auxiliary_weight: float = 0.4, **kwargs: Any):
         super().__init__(**kwargs)
+        self.auxiliary_weight = auxiliary_weight
         if reward_bn not in ("train", "eval"):
             raise ValueError(f"reward_bn={reward_bn!r}: train (micro_child build_valid_rl) or eval "
                              "(general_child, xautodl)")
@@ -73,7 +75,7 @@ class EnasSearch(SinglePathSearch):
         self.controller = Controller(self.codec.kind, self.codec.sizes, lstm_size, lstm_layers, lstm_bias,
                                      tanh_constant, temperature, op_tanh_reduce, skip_target)
         self.reinforce: Reinforce | None = None  # made with the controller's optimizer
-        self.reinforce_state = {"baseline": 0.0, "pending": 0}
+        self.reinforce_state = {"baseline": 0.0}
         self.controller_epoch = -1  # the last epoch whose controller phase ran
 
     # --- sampling -----------------------------------------------------------------------------
@@ -111,17 +113,20 @@ class EnasSearch(SinglePathSearch):
         # the validation loop runs under inference mode; the controller needs gradients
         with torch.inference_mode(False), torch.enable_grad(), preserved_batchnorm(self.supernet):
             self.supernet.train(h.reward_bn == "train")
-            for i in range(h.train_steps * h.num_aggregate):
-                x, y = next(batches)
+            for step in range(h.train_steps):
                 generator = torch.Generator().manual_seed(
-                    rank_shared_seed(self.sampler_name, "controller", self.current_epoch, i))
-                sample = self.controller(generator)
-                with torch.no_grad():
-                    _, accuracy = self.loss_and_accuracy((x.to(self.device), y.to(self.device)),
-                                                         self.space.decisions(self.codec.arch(sample.tokens)))
-                accuracy = accuracy.detach().float().reshape(1)
-                all_reduce_mean([accuracy])  # one reward on every rank: identical controllers
-                rewards.append(trainer.accumulate(sample, float(accuracy))["reward"])
+                    rank_shared_seed(self.sampler_name, "controller", self.current_epoch, step))
+                samples = trainer.sample(generator)
+                accuracies = []
+                for tokens in samples.tokens.tolist():
+                    x, y = next(batches)
+                    with torch.no_grad():
+                        _, accuracy = self.loss_and_accuracy((x.to(self.device), y.to(self.device)),
+                                                             self.space.decisions(self.codec.arch(tokens)))
+                    accuracies.append(accuracy.detach().float().reshape(1))
+                rewarded = torch.cat(accuracies)
+                all_reduce_mean([rewarded])  # one reward on every rank: identical controllers
+                rewards.append(trainer.update(samples, rewarded.tolist())["reward"])
         self.controller_epoch = self.current_epoch
         self.reinforce_state = trainer.state_dict()
         self.log_dict({"controller/reward": sum(rewards) / len(rewards),

@@ -98,18 +98,37 @@ def test_macro_skip_penalty_by_hand():
 def test_reinforce_gradient_is_advantage_times_grad_log_p_and_the_baseline_moves_first():
     torch.manual_seed(0)
     controller = Controller("sequence", [4, 4], lstm_size=4)
-    optimizer = torch.optim.SGD(controller.parameters(), lr=0.0)
+    optimizer = torch.optim.SGD(controller.parameters(), lr=1.0)
     trainer = Reinforce(controller, optimizer, entropy_weight=0.1, baseline_decay=0.9, num_aggregate=2)
-    sample = controller(_generator())
-    expected_reward = 0.7 + 0.1 * float(sample.entropy)
-    expected_baseline = 0.0 - 0.1 * (0.0 - expected_reward)
-    log_p_grad = torch.autograd.grad(sample.log_prob, controller.w_soft.weight, retain_graph=True)[0]
-    trainer.accumulate(sample, 0.7)
-    assert trainer.baseline == pytest.approx(expected_baseline) and trainer.pending == 1
-    advantage = expected_reward - expected_baseline
-    torch.testing.assert_close(controller.w_soft.weight.grad, -advantage * log_p_grad / 2)
-    trainer.accumulate(controller(_generator(1)), 0.2)
-    assert trainer.pending == 0 and controller.w_soft.weight.grad is None  # stepped and cleared
+    batch = trainer.sample(_generator())
+    rewards = [0.7 + 0.1 * float(batch.entropy[0]), 0.2 + 0.1 * float(batch.entropy[1])]
+    baselines = [0.1 * rewards[0]]
+    baselines.append(baselines[0] - 0.1 * (baselines[0] - rewards[1]))
+    expected = torch.zeros_like(controller.w_soft.weight)
+    for row, (reward, baseline) in enumerate(zip(rewards, baselines)):
+        single = controller(tokens=batch.tokens[row].tolist())
+        grad = torch.autograd.grad(single.log_prob, controller.w_soft.weight)[0]
+        expected += -(reward - baseline) * grad / 2  # the average over num_aggregate
+    before = controller.w_soft.weight.detach().clone()
+    trainer.update(batch, [0.7, 0.2])
+    assert trainer.baseline == pytest.approx(baselines[1])
+    torch.testing.assert_close(before - controller.w_soft.weight.detach(), expected)  # SGD lr 1: w - grad
+
+
+@pytest.mark.parametrize("kind, sizes", [("sequence", [3, 5, 2]), ("micro", [3, 5]), ("macro", [4, 6])])
+def test_a_batch_scores_each_row_as_a_single_sample(kind, sizes):
+    torch.manual_seed(0)
+    controller = Controller(kind, sizes, lstm_size=8, tanh_constant=1.5, skip_target=0.4)
+    batch = controller.batch(5, _generator())
+    rescored = controller.batch(5, tokens=batch.tokens)
+    for row in range(5):
+        single = controller(tokens=batch.tokens[row].tolist())
+        assert single.tokens == batch.tokens[row].tolist()
+        assert rescored.log_prob[row].item() == pytest.approx(single.log_prob.item(), rel=1e-5)
+        assert batch.log_prob[row].item() == pytest.approx(single.log_prob.item(), rel=1e-5)
+        assert batch.entropy[row].item() == pytest.approx(single.entropy.item(), rel=1e-5)
+        if kind == "macro":
+            assert batch.skip_penalty[row].item() == pytest.approx(single.skip_penalty.item(), rel=1e-5)
 
 
 def test_a_controller_learns_the_only_rewarded_architecture():
@@ -121,7 +140,7 @@ def test_a_controller_learns_the_only_rewarded_architecture():
     target, generator = [2, 0, 1], _generator()
     before = sum(controller(generator).tokens == target for _ in range(50))
     for _ in range(200):
-        sample = controller(generator)
-        trainer.accumulate(sample, float(sample.tokens == target))
+        batch = trainer.sample(generator)
+        trainer.update(batch, [float(row == target) for row in batch.tokens.tolist()])
     after = sum(controller(generator).tokens == target for _ in range(50))
     assert before <= 10 and after >= 40, (before, after)

@@ -78,3 +78,19 @@ def test_cli_enas_search_on_the_embedded_data(tmp_path):
     assert record["algorithm"] == "EnasSearch" and len(record["selection"]["scores"]) == 4
     model = load_algorithm(str(run / "checkpoints" / "last.ckpt"))
     assert model.space.format(model.export()) == record["arch"]
+
+
+def test_the_micro_search_child_adds_its_auxiliary_loss():
+    """micro_child.py trains the search child on loss + 0.4 * aux loss (--child_use_aux_heads)."""
+    torch.manual_seed(0)
+    model = EnasSearch(space="enas-micro", space_options={"C": 4, "layers": 3, "auxiliary": True},
+                       num_classes=10, in_channels=3, memory_format="contiguous", auxiliary_weight=0.4)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    decisions = model.space.decisions(model.space.sample())
+    model.train()
+    torch.manual_seed(1)
+    loss, _ = model.loss_and_accuracy((x, y), decisions)
+    torch.manual_seed(1)
+    logits, aux = model.supernet(x, decisions)
+    expected = model.loss(logits, y) + 0.4 * model.loss(aux, y)
+    torch.testing.assert_close(loss, expected)
