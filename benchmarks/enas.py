@@ -76,18 +76,31 @@ def controller_update(num_aggregate: int = 20) -> None:
         generator = torch.Generator().manual_seed(0)
 
         def update():
-            for _ in range(num_aggregate):
-                trainer.accumulate(controller(generator), 0.5)
+            trainer.update(trainer.sample(generator), [0.5] * num_aggregate)
         print(f"controller {kind}: sample + update of {num_aggregate} samples {timed(update, repeats=5):.1f} ms")
 
 
 def controller_share() -> None:
-    """The CPU config: the time of the child epochs against the controller phases."""
+    """The CPU config: the time of the child epochs against the controller phases, and within the
+    phases the controller's own work (sampling and updating) against the rewards' child forwards."""
     import lightning as L
     from lightning.pytorch.callbacks import Callback
 
     from oneshot.algorithms import EnasSearch
+    from oneshot.controller import Reinforce
     from oneshot.data import DigitsDataModule
+
+    own = {"seconds": 0.0}
+    for name in ("sample", "update"):
+        method = getattr(Reinforce, name)
+
+        def timed_method(self, *args, method=method, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                own["seconds"] += time.perf_counter() - start
+        setattr(Reinforce, name, timed_method)
 
     class Clock(Callback):
         def __init__(self):
@@ -117,7 +130,8 @@ def controller_share() -> None:
     total = clock.train + clock.controller
     print(f"CPU config, 3 epochs: child training {clock.train:.1f} s, controller phases {clock.controller:.1f} s "
           f"({100 * clock.controller / total:.1f}% of the epochs; 5 x 10 samples per epoch, each rewarded "
-          "on a 64-image batch)")
+          f"on a 64-image batch); the controller's own sampling and updates {own['seconds']:.2f} s "
+          f"({100 * own['seconds'] / total:.1f}%), the rest the rewards' child forwards")
 
 
 if __name__ == "__main__":

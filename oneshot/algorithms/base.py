@@ -296,12 +296,13 @@ class SupernetTraining(L.LightningModule):
         """The selection strategy on the validation loader, run by rank 0 and broadcast."""
         trainer = self.trainer
         record = None
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks
         if trainer.is_global_zero:
             if trainer.datamodule is None:
                 raise ValueError(f"selection {self.selection_name} scores on validation data: fit with "
                                  "a datamodule")
             h = self.hparams
-            directory = os.path.join(trainer.log_dir, self.selection_name) if trainer.log_dir else None
+            directory = os.path.join(log_dir, self.selection_name) if log_dir else None
             options = {"num_samples": h.selection_samples, "num_batches": h.selection_batches,
                        "seed": rank_shared_seed("selection", self.global_step),
                        "shared_batches": h.selection_shared_batches, "directory": directory,

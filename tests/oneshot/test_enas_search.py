@@ -94,3 +94,46 @@ def test_the_micro_search_child_adds_its_auxiliary_loss():
     logits, aux = model.supernet(x, decisions)
     expected = model.loss(logits, y) + 0.4 * model.loss(aux, y)
     torch.testing.assert_close(loss, expected)
+
+
+# `oneshot search` with ENAS whose ranks record their controller at the end (Lightning's DDP
+# launcher starts rank 1 by running this same script again)
+RECORDING_ENAS = """
+import sys
+import torch
+import torch.distributed as dist
+from oneshot.algorithms.enas import EnasSearch
+from oneshot.commands import main
+
+original = EnasSearch.on_train_end
+
+def recording(self):
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else "none"
+    state = torch.cat([p.detach().flatten() for p in self.controller.parameters()])
+    with open(f"controller.rank{rank}.txt", "w") as f:
+        f.write(" ".join(f"{v:.10e}" for v in state.tolist()) + f"\\nbaseline {self.reinforce.baseline!r}\\n")
+    return original(self)
+
+EnasSearch.on_train_end = recording
+main(["search", *sys.argv[1:]])
+"""
+
+
+def test_two_process_ddp_keeps_the_controllers_identical(tmp_path):
+    import subprocess
+    import sys
+
+    config = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "experiments",
+                                          "enas_nb201_digits_cpu.yaml"))
+    (tmp_path / "recording_enas.py").write_text(RECORDING_ENAS)
+    command = [sys.executable, str(tmp_path / "recording_enas.py"), "--config", config,
+               "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+               "--model.init_args.train_steps", "2", "--model.init_args.num_aggregate", "2",
+               "--model.init_args.selection_samples", "2", "--trainer.enable_progress_bar", "false",
+               "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp_find_unused_parameters_true",
+               "--trainer.devices", "2", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
+    result = subprocess.run(command, cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [(tmp_path / f"controller.rank{r}.txt").read_text() for r in (0, 1)]
+    assert ranks[0] == ranks[1] and "baseline 0.0\n" not in ranks[0]
