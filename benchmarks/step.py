@@ -9,7 +9,8 @@ Our rows are built through the real algorithm classes (``oneshot.algorithms``: `
 ``model.loss_and_accuracy(batch, model.decisions_for_weight_step())``, so they measure what a
 search runs: dense softmax mixing (DARTS), dense partial-channel mixing times the edge
 normalization (PC-DARTS), one straight-through Gumbel sample per edge at tau = 10 (GDAS; the
-temperature outside a Trainer is ``tau_max``), one uniform single path (RSPS). Outside a
+temperature outside a Trainer is ``tau_max``), one uniform single path (RSPS), one controller
+sample (ENAS, its default controller; the sample's cost included). Outside a
 Trainer ``global_step`` stays 0, so GDAS and RSPS would sample the same path at every step;
 the benchmark advances ``PL_GLOBAL_SEED``, which their samplers read, once per step so each
 step samples a fresh path as training does. The ``single`` row is a stand-alone network of one
@@ -71,8 +72,9 @@ if REPO_ROOT not in sys.path:
 
 SPACES = ("darts", "nb201", "spos")
 CELL_ALGORITHMS = ("darts", "pcdarts", "gdas", "rsps")
-ALGORITHMS = (*CELL_ALGORITHMS, "spos")
-SPACE_ALGORITHMS = {"darts": CELL_ALGORITHMS, "nb201": CELL_ALGORITHMS, "spos": ("spos",)}
+ALGORITHMS = (*CELL_ALGORITHMS, "enas", "spos")
+# ENAS's controller serves NB201 (one token per edge), not the DARTS space's node pairs
+SPACE_ALGORITHMS = {"darts": CELL_ALGORITHMS, "nb201": (*CELL_ALGORITHMS, "enas"), "spos": ("spos",)}
 IMPLEMENTATIONS = ("ours", "xautodl")
 XAUTODL_ALGORITHMS = ("darts", "gdas")  # the xautodl search models compared here
 INPUT_SHAPE = (3, 32, 32)  # CIFAR-10
@@ -107,7 +109,7 @@ def build_ours(space: str, algorithm: str, device: torch.device) -> Built:
     steps = iter(range(1, 2**31))
 
     def step_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        # a fresh GDAS/RSPS sample per step; SPOS keeps one path: the single row's (spos_path)
+        # a fresh GDAS/RSPS/ENAS sample per step; SPOS keeps one path: the single row's (spos_path)
         os.environ["PL_GLOBAL_SEED"] = "0" if space == "spos" else str(next(steps))
         return model.loss_and_accuracy((x, y), model.decisions_for_weight_step())[0]
 
