@@ -19,6 +19,12 @@ SPACE = supernets.get("spos")
 TOY = {"stem_channels": 8, "stage_channels": [16, 24, 32, 48], "last_channels": 32}
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """A fit without a logger writes arch.json into the working directory: keep it out of the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _model(**kwargs):
     L.seed_everything(0)
     return SposSearch(space="spos", space_options=TOY, num_classes=10, in_channels=1,
