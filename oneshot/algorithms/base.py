@@ -67,6 +67,8 @@ class SupernetTraining(L.LightningModule):
         weight_decay: weight SGD weight decay (DARTS 3e-4; NB201 5e-4).
         nesterov: Nesterov momentum (off in DARTS; on in NB201's search configs).
         grad_clip: max norm of the weight gradient (DARTS ``--grad_clip`` 5); 0 turns it off.
+        grad_clip_per_tensor: clip each tensor's gradient to ``grad_clip`` on its own (ENAS's TF
+            ``clip_mode="norm"``) instead of the global norm of all of them (DARTS, xautodl).
         memory_format: tensor layout of the supernet and its inputs: ``channels_last``,
             ``contiguous``, or ``auto`` (channels_last on CPU, where oneDNN runs the DARTS-space
             step about 1.5x faster: benchmarks/step.py; contiguous elsewhere). Numerics only
@@ -107,7 +109,7 @@ class SupernetTraining(L.LightningModule):
                  selection: str | None = None, selection_samples: int = 100, selection_batches: int = 1,
                  selection_shared_batches: bool = True, selection_options: dict[str, Any] | None = None,
                  init_from: str | None = None, cosine_t_max: int | None = None,
-                 cosine_restarts: tuple[int, int] | None = None):
+                 cosine_restarts: tuple[int, int] | None = None, grad_clip_per_tensor: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -219,7 +221,11 @@ class SupernetTraining(L.LightningModule):
         loss, accuracy = self.loss_and_accuracy(train_batch, self.decisions_for_weight_step())
         self.manual_backward(loss)
         self.after_weight_backward()
-        if self.hparams.grad_clip:
+        if self.hparams.grad_clip and self.hparams.get("grad_clip_per_tensor"):
+            for p in self.supernet.parameters():
+                if p.grad is not None:
+                    torch.nn.utils.clip_grad_norm_(p, self.hparams.grad_clip)
+        elif self.hparams.grad_clip:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip,
                                 gradient_clip_algorithm="norm")
         optimizer.step()

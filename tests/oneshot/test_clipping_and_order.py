@@ -164,3 +164,39 @@ def test_retrain_step_is_sgd_with_the_gradient_clipped_to_grad_clip(grad_clip):
         assert torch.allclose(w, c, rtol=1e-5, atol=1e-7), name
     moved = torch.cat([(w - u).flatten() for w, u in zip(model.network.parameters(), unclipped)])
     assert (moved.abs().max() > 1e-4) == bool(grad_clip)
+
+
+def test_per_tensor_clipping_clips_each_gradient_on_its_own():
+    """ENAS's TF clip_mode "norm": every tensor's gradient to the bound by itself, unlike the global
+    norm that scales all of them by one factor."""
+    import lightning as L
+    from oneshot.algorithms import RandomSinglePathSearch
+    from oneshot.data import DigitsDataModule
+
+    seen = {}
+
+    class Recording(RandomSinglePathSearch):
+        def after_weight_backward(self):
+            for p in self.supernet.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(1000.0)  # every gradient far over the bound
+            seen["before"] = [p.grad.norm().item() for p in self.supernet.parameters() if p.grad is not None]
+
+    L.seed_everything(0)
+    model = Recording(space="nb201", space_options={"C": 4, "N": 1}, num_classes=10, in_channels=1,
+                      grad_clip=0.5, grad_clip_per_tensor=True, selection_samples=1, learning_rate=0.0)
+    original = torch.optim.SGD.step
+
+    def recording_step(self, *args, **kwargs):
+        seen["after"] = [p.grad.norm().item() for g in self.param_groups for p in g["params"] if p.grad is not None]
+        return original(self, *args, **kwargs)
+
+    torch.optim.SGD.step = recording_step
+    try:
+        trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(model, datamodule=DigitsDataModule(batch_size=16))
+    finally:
+        torch.optim.SGD.step = original
+    assert all(b > 0.5 for b in seen["before"] if b > 1e-3)
+    assert all(abs(a - 0.5) < 1e-4 for a in seen["after"] if a > 1e-3)  # each at the bound, not scaled together
