@@ -137,3 +137,23 @@ def test_spos_imagenet_is_the_released_setting():
     retrain = _load("retrain_spos_imagenet.yaml")
     assert retrain["trainer"]["max_steps"] == 300000 and retrain["model"]["lr_schedule"] == "linear"
     assert retrain["model"]["decay_vectors"] is False and retrain["model"]["learning_rate"] == 0.5
+
+
+def test_enas_configs_are_the_released_scripts():
+    """melodyguan/enas scripts/cifar10_{micro,macro}_search.sh and xautodl's ENAS.sh / ENAS.config."""
+    micro, macro, nb201 = (_load(f"enas_{name}.yaml") for name in ("micro_cifar10", "macro_cifar10", "nb201_cifar10"))
+    m = micro["model"]["init_args"]
+    assert micro["trainer"]["max_epochs"] == 150 and micro["data"]["init_args"]["batch_size"] == 160
+    assert (m["tanh_constant"], m["op_tanh_reduce"], m["controller_lr"]) == (1.10, 2.5, 0.0035)
+    assert (m["train_steps"], m["num_aggregate"], m["reward_bn"], m["auxiliary_weight"]) == (30, 10, "train", 0.4)
+    assert m["cosine_restarts"] == [10, 2] and m["grad_clip_per_tensor"] is True
+    a = macro["model"]["init_args"]
+    assert macro["trainer"]["max_epochs"] == 310 and macro["data"]["init_args"]["batch_size"] == 128
+    assert (a["tanh_constant"], a["skip_target"], a["skip_weight"], a["controller_lr"]) == (1.5, 0.4, 0.8, 0.001)
+    assert (a["train_steps"], a["num_aggregate"], a["reward_bn"]) == (50, 20, "eval")
+    n = nb201["model"]["init_args"]
+    assert (n["lstm_size"], n["lstm_layers"], n["tanh_constant"], n["temperature"]) == (32, 2, 2.5, 5.0)
+    assert (n["controller_betas"], n["controller_eps"], n["cosine_t_max"]) == ([0.0, 0.999], 0.001, 10)
+    for name in ("micro", "macro"):  # the paper's preset changes only the controller's values
+        paper = _load(f"enas_{name}_cifar10_paper.yaml")["model"]["init_args"]
+        assert (paper["tanh_constant"], paper["temperature"], paper["controller_lr"]) == (2.5, 5.0, 3.5e-4)
