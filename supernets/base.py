@@ -119,9 +119,19 @@ class SearchSpace(ABC):
     name: str = ""
 
     # --- encoding ---------------------------------------------------------------------------
-    @abstractmethod
     def parse(self, text: str) -> Arch:
-        """Canonical string (or JSON with ``space``/``choices``) -> Arch; ValueError if malformed."""
+        """Canonical string (or JSON with ``space``/``choices``) -> Arch; ValueError if malformed.
+
+        The one entry for every space: the type check, the surrounding whitespace and the JSON
+        form are handled here, the space's own string by :meth:`parse_string`."""
+        if not isinstance(text, str):
+            raise TypeError(f"parse expects a string, got {type(text).__name__}")
+        text = text.strip()
+        return self.parse_json(text) if text.startswith("{") else self.parse_string(text)
+
+    @abstractmethod
+    def parse_string(self, text: str) -> Arch:
+        """The space's canonical string (stripped, not JSON) -> Arch; ValueError if malformed."""
 
     @abstractmethod
     def format(self, arch: Arch) -> str:
@@ -146,12 +156,7 @@ class SearchSpace(ABC):
 
     def load(self, text_or_path: str) -> Arch:
         """An arch from a canonical string, a JSON string or an ``arch.json`` file."""
-        text = read_arch_text(text_or_path)
-        if text.startswith("{"):
-            data = json.loads(text)
-            data = data.get("arch", data) if "choices" not in data else data
-            return self.check(Arch.from_json(data))
-        return self.parse(text)
+        return self.parse(read_arch_text(text_or_path))
 
     # --- sampling and evolution -------------------------------------------------------------
     @abstractmethod

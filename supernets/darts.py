@@ -557,10 +557,9 @@ class DartsSpace(SearchSpace):
                             for op, j in choices[f"{cell_type}/{node}"]]
                 for cell_type in CELL_TYPES}
 
-    def parse(self, text: str) -> Arch:
+    def parse_string(self, text: str) -> Arch:
         """``Genotype(normal=[...], normal_concat=[2, 3, 4, 5], reduce=[...], reduce_concat=...)``
         -> Arch, read with ``ast`` (never ``eval``); ``range(2, 6)`` is accepted as a concat."""
-        text = text.strip()
         if text.startswith("|") or ("~" in text and not text.startswith("Genotype")):
             raise ValueError(f"{text!r}: this looks like a NAS-Bench-201 string; use --space nb201")
         try:

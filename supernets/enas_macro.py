@@ -569,18 +569,13 @@ class EnasMacroSpace(SearchSpace):
         """Arch -> the flat token list: per layer the op, then its skip flags."""
         return [t for op, skips in self.layers_of(arch) for t in (op, *skips)]
 
-    def parse(self, text: str) -> Arch:
+    def parse_string(self, text: str) -> Arch:
         """``"0 3 0 0 1 0 ..."`` (any whitespace; the ``--child_fixed_arc`` form) or an Arch JSON
         object -> Arch.
 
         Raises:
             ValueError: one line naming the bad token, op, skip flag or count, and the format.
         """
-        if not isinstance(text, str):
-            raise TypeError(f"parse expects a string, got {type(text).__name__}")
-        text = text.strip()
-        if text.startswith("{"):
-            return self.parse_json(text)
         shown = text if len(text) <= 60 else text[:57] + "..."
         tokens = text.split()
         for k, token in enumerate(tokens):

@@ -549,18 +549,14 @@ class EnasMicroSpace(SearchSpace):
         return self.check(Arch(self.name, {label: ((t[4 * k], t[4 * k + 1]), (t[4 * k + 2], t[4 * k + 3]))
                                            for k, label in enumerate(LABELS)}))
 
-    def parse(self, text: str) -> Arch:
+    def parse_string(self, text: str) -> Arch:
         """``"0 2 0 0 ... 1 1"`` (40 integers, any whitespace) or an Arch JSON object -> Arch.
 
         Raises:
             ValueError: one line naming the problem (a non-integer token, the count, an index out
                 of range for its node, an op out of range) and the format.
         """
-        if not isinstance(text, str):
-            raise TypeError(f"parse expects a string, got {type(text).__name__}")
-        body = text.strip()
-        if body.startswith("{"):
-            return self.parse_json(body)
+        body = text
         shown = body if len(body) <= 100 else body[:97] + "..."
         tokens = body.split()
         for k, token in enumerate(tokens):

@@ -312,17 +312,12 @@ class NB201Space(SearchSpace):
                                  f"({', '.join(PRIMITIVES)})")
         return arch
 
-    def parse(self, text: str) -> Arch:
+    def parse_string(self, text: str) -> Arch:
         """NB201 string (or an Arch JSON object) -> Arch.
 
         Raises:
             ValueError: naming the malformed part, the bad token and the accepted ops/format.
         """
-        if not isinstance(text, str):
-            raise TypeError(f"parse expects a string, got {type(text).__name__}")
-        text = text.strip()
-        if text.startswith("{"):
-            return self.parse_json(text)
         nodes = text.split("+")
         if len(nodes) != NUM_NODES - 1:
             raise ValueError(f"NB201 string {text!r} has {len(nodes)} node(s) separated by '+', "

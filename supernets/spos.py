@@ -515,18 +515,13 @@ class SposSpace(SearchSpace):
                                  f"0-{size - 1} ({self._help()})")
         return values
 
-    def parse(self, text: str) -> Arch:
+    def parse_string(self, text: str) -> Arch:
         """``"2,1,...,3"`` (``"(2, 1, ...)"`` or ``"[2, 1, ...]"`` too), with ``";channels"`` for
         spos-channels, or an Arch JSON object -> Arch.
 
         Raises:
             ValueError: one line naming the bad part (count, token or choice) and the format.
         """
-        if not isinstance(text, str):
-            raise TypeError(f"parse expects a string, got {type(text).__name__}")
-        text = text.strip()
-        if text.startswith("{"):
-            return self.parse_json(text)
         parts = text.split(";")
         if len(parts) != (2 if self.channel_search else 1):
             hint = ("use --space spos-channels for block and channel choices" if not self.channel_search
