@@ -28,12 +28,14 @@ def infer_space(text: str) -> str:
         return "nb201"
     if re.fullmatch(r"[\s(\[]*\d+(\s*,\s*\d+)*[\s)\]]*(;[\s\d,]*)?", body):
         return "spos-channels" if ";" in body else "spos"
+    if re.fullmatch(r"r\d+-d\d+-k[\d.]+-e[\d.]+", body):
+        return "ofa-mbv3"
     if re.fullmatch(r"\d+(\s+\d+)*", body):  # ENAS --child_fixed_arc tokens
         count = len(body.split())
         return "enas-micro" if count == 40 else "enas-macro"
     raise ValueError(f"cannot tell the space of arch {text[:60]!r}: expected 'Genotype(...)' (darts), "
                      f"'|op~0|+...' (nb201), '2,1,0,...' (spos; 'blocks;channels' spos-channels), "
-                     f"'0 2 0 0 ...' (enas-micro: 40 tokens; enas-macro: L(L+1)/2), "
+                     f"'0 2 0 0 ...' (enas-micro: 40 tokens; enas-macro: L(L+1)/2), 'r224-d44444-k...-e...' (ofa-mbv3), "
                      f"JSON with a 'space' key, an arch.json path, or a "
                      f"published genotype name; or pass the space (one of {', '.join(names())})")
 
