@@ -319,10 +319,56 @@ class OfaMbv3Space(SearchSpace):
                          "predictor selection (or evolution, best_of_n)")
 
     def cost(self, arch: Arch, num_classes: int = 1000, input_size: tuple[int, ...] | None = None,
+             in_channels: int = 3, width_mult: float = 1.0, base_widths: Sequence[int] = BASE_WIDTHS,
              **options: Any) -> dict[str, float]:
-        """Parameters and multiply-adds at the arch's own resolution (``input_size`` gives only the
-        batch and channel count)."""
+        """Parameters and multiply-adds of the stand-alone network at the arch's own resolution
+        (``input_size`` gives only the channel count), counted from the construction rules in
+        microseconds (evolution costs tens of thousands of candidates); tests hold the count
+        equal to torch's flop counter on the built network (:func:`measured_cost`)."""
         arch = self.check(arch)
-        batch, channels = (input_size or (1, options.get("in_channels", 3)))[:2]
-        size = int(arch[RESOLUTION])
-        return network_cost(self.build_network(arch, num_classes, **options), (batch, channels, size, size))
+        if input_size is not None:
+            in_channels = int(input_size[1])
+        params, macs = rule_cost(arch, num_classes, in_channels, stage_widths(width_mult, base_widths))
+        return {"params": params, "flops": 2.0 * macs, "macs": float(macs)}
+
+
+def measured_cost(arch: Arch, num_classes: int = 1000, in_channels: int = 3, **options: Any) -> dict[str, float]:
+    """:func:`~supernets.base.network_cost` of the built network at the arch's resolution."""
+    size = int(arch[RESOLUTION])
+    network = OfaMobileNetV3(arch, num_classes, in_channels, **options)
+    return network_cost(network, (1, in_channels, size, size))
+
+
+def rule_cost(arch: Arch, num_classes: int, in_channels: int, widths: Sequence[int]) -> tuple[int, int]:
+    """(parameters, multiply-adds) of a subnet: convs (bias-free but the SE's), BN affine pairs,
+    the classifier; a conv's multiply-adds at its output size ("same" padding: ceil(size / stride))."""
+    params = macs = 0
+    size = int(arch[RESOLUTION])
+
+    def conv(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1, bias: bool = False,
+             pooled: bool = False, bn: bool = True) -> None:
+        nonlocal params, macs, size
+        size = size if pooled else -(-size // stride)
+        weights = cout * (cin // groups) * k * k
+        params += weights + (cout if bias else 0) + (2 * cout if bn else 0)
+        macs += weights * (1 if pooled else size * size)
+
+    conv(in_channels, widths[0], 3, 2)
+    conv(widths[0], widths[0], 3, groups=widths[0]), conv(widths[0], widths[1])  # first block, expand 1
+    cin = widths[1]
+    for s, (stride, _, se) in enumerate(STAGES, start=1):
+        for b in range(1, arch[depth_label(s)] + 1):
+            middle = make_divisible(round(cin * arch[expand_label(s, b)]))
+            conv(cin, middle)
+            conv(middle, middle, arch[kernel_label(s, b)], stride if b == 1 else 1, groups=middle)
+            if se:
+                hidden = make_divisible(middle // 4)
+                conv(middle, hidden, bias=True, pooled=True, bn=False)
+                conv(hidden, middle, bias=True, pooled=True, bn=False)
+            conv(middle, widths[s + 1])
+            cin = widths[s + 1]
+    conv(cin, widths[7])
+    conv(widths[7], widths[8], pooled=True, bn=False)
+    params += widths[8] * num_classes + num_classes
+    macs += widths[8] * num_classes
+    return params, macs

@@ -49,7 +49,8 @@ def recalibrate_batchnorm(model: ScoredSupernet, arch: Arch, batches: Sequence[A
 
     Forward pre-hooks read each BatchNorm's input: per batch the channel mean and the biased
     variance (OFA's ``(x - mean)^2`` averaged), weighted by the batch's image count. BatchNorms
-    the architecture never reaches keep their statistics.
+    the architecture never reaches keep their statistics; an elastic BatchNorm that sees fewer
+    channels than it holds gets them in its first channels (OFA ``running_mean[:C]``).
     """
     sums: dict[nn.Module, list[Any]] = {}
 
@@ -75,8 +76,13 @@ def recalibrate_batchnorm(model: ScoredSupernet, arch: Arch, batches: Sequence[A
             hook.remove()
     for bn, (mean_sum, var_sum, images) in sums.items():
         dtype = mean_sum.dtype if bn.running_mean is None else bn.running_mean.dtype
-        bn.running_mean = (mean_sum / images).to(dtype)
-        bn.running_var = (var_sum / images).to(dtype)
+        channels = mean_sum.shape[0]
+        if bn.running_mean is not None and bn.running_mean.shape[0] > channels:  # an elastic BN: its slice
+            bn.running_mean[:channels] = mean_sum / images
+            bn.running_var[:channels] = var_sum / images
+        else:
+            bn.running_mean = (mean_sum / images).to(dtype)
+            bn.running_var = (var_sum / images).to(dtype)
         bn.num_batches_tracked = torch.tensor(len(batches), dtype=torch.long, device=mean_sum.device)
         bn.track_running_stats = True  # eval mode now normalises with these
 

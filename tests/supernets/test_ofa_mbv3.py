@@ -1,5 +1,5 @@
-"""The ofa-mbv3 space: OFA's construction (counts from the construction rules and from the
-reference code), the canonical string, depth skipping, and extraction of static subnets whose
+"""The ofa-mbv3 space: OFA's construction (counts from the construction rules, the flop
+counter and the reference code), the canonical string, depth skipping, and extraction of static subnets whose
 output equals the supernet's."""
 import random
 
@@ -8,51 +8,9 @@ import torch
 
 import supernets
 from supernets import Arch, count_parameters
-from supernets.ofa_mbv3 import (BASE_WIDTHS, STAGES, depth_label, expand_label, extract_network,
-                                kernel_label)
-from ops.mobilenet import make_divisible
+from supernets.ofa_mbv3 import depth_label, extract_network, kernel_label, measured_cost
 
 SPACE = supernets.get("ofa-mbv3")
-
-
-def rule_counts(arch: Arch, classes: int = 1000) -> tuple[int, int]:
-    """Parameters and multiply-adds of a subnet at its resolution, from OFA's construction rules
-    (widths through make_divisible, middle make_divisible(round(in * e)), SE hidden
-    make_divisible(mid // 4), "same" padding), counted by hand: convs, BNs, SE, head."""
-    w = [make_divisible(v) for v in BASE_WIDTHS]
-    params = macs = 0
-    size = arch["resolution"]
-
-    def conv(cin, cout, k=1, stride=1, groups=1, bias=False, at=None):
-        nonlocal params, macs, size
-        if at is None:
-            size = -(-size // stride)
-        params += cout * (cin // groups) * k * k + (cout if bias else 0)
-        macs += cout * (cin // groups) * k * k * (size * size if at is None else at)
-
-    def bn(c):
-        nonlocal params
-        params += 2 * c
-
-    conv(3, w[0], 3, 2), bn(w[0])
-    conv(w[0], w[0], 3, groups=w[0]), bn(w[0]), conv(w[0], w[1]), bn(w[1])  # first block, expand 1
-    cin = w[1]
-    for s, (stride, _, se) in enumerate(STAGES, start=1):
-        for b in range(1, arch[depth_label(s)] + 1):
-            mid = make_divisible(round(cin * arch[expand_label(s, b)]))
-            k = arch[kernel_label(s, b)]
-            conv(cin, mid), bn(mid)
-            conv(mid, mid, k, stride if b == 1 else 1, groups=mid), bn(mid)
-            if se:
-                hidden = make_divisible(mid // 4)
-                conv(mid, hidden, bias=True, at=1), conv(hidden, mid, bias=True, at=1)
-            conv(mid, w[s + 1]), bn(w[s + 1])
-            cin = w[s + 1]
-    conv(cin, w[7]), bn(w[7])
-    conv(w[7], w[8], at=1)
-    params += w[8] * classes + classes
-    macs += w[8] * classes
-    return params, macs
 
 
 @pytest.mark.parametrize("which, reference", [("largest", (7_664_760, 566_170_656)),
@@ -61,13 +19,19 @@ def test_max_and_min_subnets_at_224_count_as_the_construction_rules_and_the_refe
     """Reference figures: mit-han-lab/once-for-all@f03b267 OFAMobileNetV3(ks 3,5,7, e 3,4,6,
     d 2,3,4) with set_active_subnet + get_active_subnet, counted with torch's flop counter."""
     arch = Arch("ofa-mbv3", {**dict(getattr(SPACE, which)()), "resolution": 224})
-    cost = SPACE.cost(arch)
-    assert (cost["params"], cost["macs"]) == rule_counts(arch) == reference
+    assert pair(SPACE.cost(arch)) == pair(measured_cost(arch)) == reference
 
 
-def test_a_random_subnet_at_its_resolution_counts_as_the_rules():
-    arch = SPACE.sample(random.Random(3))
-    assert (lambda c: (c["params"], c["macs"]))(SPACE.cost(arch)) == rule_counts(arch)
+def pair(cost):
+    return int(cost["params"]), int(cost["macs"])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_rule_count_of_random_subnets_equals_the_flop_counter(seed):
+    arch = SPACE.sample(random.Random(seed))
+    assert pair(SPACE.cost(arch)) == pair(measured_cost(arch))
+    options = {"base_widths": [8, 8, 16, 16, 24, 32, 40, 64, 96], "width_mult": 1.2, "in_channels": 1}
+    assert pair(SPACE.cost(arch, num_classes=10, **options)) == pair(measured_cost(arch, 10, **options))
 
 
 def test_the_supernet_holds_the_reference_parameter_count():
