@@ -241,6 +241,15 @@ class OfaMbv3Space(SearchSpace):
     name = "ofa-mbv3"
     default_num_classes = 1000
 
+    def __init__(self, choices: Mapping[str, Sequence[int]] | None = None):
+        self.choices = dict(space_choices() if choices is None else choices)
+
+    def restricted(self, choices: Mapping[str, Sequence[int]]) -> "OfaMbv3Space":
+        """The same space whose sampling, mutation and extremes stay inside ``choices`` (a
+        supernet's values, or a training phase's): every strategy that samples through
+        ``model.space`` then proposes only subnets the phase trained."""
+        return OfaMbv3Space({label: tuple(options) for label, options in choices.items()})
+
     def parse_string(self, text: str) -> Arch:
         match = _ARCH.fullmatch(text)
         if match is None:
@@ -256,14 +265,14 @@ class OfaMbv3Space(SearchSpace):
         return self.validate(Arch(self.name, values))
 
     def validate(self, arch: Arch) -> Arch:
-        """The Arch if every value is one the space has (any resolution from 32 to 1024)."""
+        """The Arch if every value is one the space has (any resolution from 8 to 1024)."""
         allowed = space_choices()
         if set(arch) != set(allowed):
             raise ValueError(f"an ofa-mbv3 arch has the labels {list(allowed)[:3]}...; got {list(arch)[:3]}...")
         for label, options in allowed.items():
             if label == RESOLUTION:
-                if not 32 <= arch[label] <= 1024:
-                    raise ValueError(f"resolution {arch[label]}: between 32 and 1024 pixels")
+                if not 8 <= arch[label] <= 1024:
+                    raise ValueError(f"resolution {arch[label]}: between 8 and 1024 pixels")
             elif arch[label] not in options:
                 raise ValueError(f"{label} = {arch[label]}: one of {', '.join(map(str, options))}")
         return arch
@@ -284,24 +293,24 @@ class OfaMbv3Space(SearchSpace):
     def sample(self, rng: random.Random | None = None,
                choices: Mapping[str, Sequence[int]] | None = None) -> Arch:
         """OFA ``sample_active_subnet``: every value drawn uniformly from ``choices`` (default the
-        whole space; a supernet's or a training phase's to stay inside what it serves)."""
+        space's own, see :meth:`restricted`)."""
         rng = rng or random.Random()
-        choices = space_choices() if choices is None else choices
+        choices = self.choices if choices is None else choices
         return Arch(self.name, {label: rng.choice(tuple(options)) for label, options in choices.items()})
 
     def mutate(self, arch: Arch, rng: random.Random | None = None) -> Arch:
         rng = rng or random.Random()
-        label = rng.choice([k for k, v in space_choices().items() if len(v) > 1])
-        options = [v for v in space_choices()[label] if v != arch[label]]
+        label = rng.choice([k for k, v in self.choices.items() if len(v) > 1])
+        options = [v for v in self.choices[label] if v != arch[label]]
         return Arch(self.name, {**dict(arch), label: rng.choice(options)})
 
     def largest(self, choices: Mapping[str, Sequence[int]] | None = None) -> Arch:
         """Every value at its maximum (the full network at the largest resolution)."""
-        choices = space_choices() if choices is None else choices
+        choices = self.choices if choices is None else choices
         return Arch(self.name, {label: max(options) for label, options in choices.items()})
 
     def smallest(self, choices: Mapping[str, Sequence[int]] | None = None) -> Arch:
-        choices = space_choices() if choices is None else choices
+        choices = self.choices if choices is None else choices
         return Arch(self.name, {label: min(options) for label, options in choices.items()})
 
     def build_supernet(self, num_classes: int = 1000, **options: Any) -> OfaMobileNetV3Supernet:

@@ -14,6 +14,7 @@ from oneshot.algorithms.darts import DartsSearch
 from oneshot.algorithms.differentiable import DifferentiableSearch
 from oneshot.algorithms.enas import EnasSearch
 from oneshot.algorithms.gdas import GdasSearch
+from oneshot.algorithms.ofa import OfaSearch
 from oneshot.algorithms.pcdarts import PCDartsSearch
 from oneshot.algorithms.rsps import RandomSinglePathSearch
 from oneshot.algorithms.single_path import SinglePathSearch
@@ -22,7 +23,7 @@ from oneshot.checkpoints import capture_random_state, read_checkpoint, restore_r
 
 ALGORITHMS = {"darts": DartsSearch, "pcdarts": PCDartsSearch, "gdas": GdasSearch,
               "rsps": RandomSinglePathSearch, "spos": SposSearch,
-              "enas": EnasSearch}
+              "enas": EnasSearch, "ofa": OfaSearch}
 
 
 def accepted_arguments(cls: type) -> set[str]:
@@ -90,4 +91,4 @@ def load_algorithm(ckpt: str | Path) -> SupernetTraining:
 
 
 __all__ = ["SupernetTraining", "DifferentiableSearch", "SinglePathSearch", "DartsSearch",
-           "PCDartsSearch", "GdasSearch", "RandomSinglePathSearch", "ALGORITHMS", "load_algorithm"]
+           "PCDartsSearch", "GdasSearch", "RandomSinglePathSearch", "OfaSearch", "ALGORITHMS", "load_algorithm"]

@@ -47,8 +47,8 @@ def test_canonical_string_round_trip_and_errors():
         SPACE.parse("r224-d4444-k7")
     with pytest.raises(ValueError, match="stage1.block1.kernel = 4"):
         SPACE.parse("r224-d44444-k4777.7777.7777.7777.7777-e6666.6666.6666.6666.6666")
-    with pytest.raises(ValueError, match="resolution 8"):
-        SPACE.parse("r8-d44444-k7777.7777.7777.7777.7777-e6666.6666.6666.6666.6666")
+    with pytest.raises(ValueError, match="resolution 4"):
+        SPACE.parse("r4-d44444-k7777.7777.7777.7777.7777-e6666.6666.6666.6666.6666")
 
 
 def _randomised_supernet(**options):
