@@ -65,6 +65,12 @@ class RetrainModule(L.LightningModule):
         decay_vectors: weight decay on every parameter (DARTS, NB201); False: only on tensors
             named ``weight`` with more than one dimension, not on biases and BatchNorm
             parameters (SPOS ``get_parameters``).
+        inherit_from: a search run (or its checkpoint) whose supernet weights the network starts
+            from instead of its initialisation: the subnet extracted with its BN statistics
+            recalibrated (OFA: no retraining, or a short fine-tuning; ``trainer.max_epochs 0``
+            only evaluates). Ignored when a retraining resumes from its own checkpoint.
+        bn_images, bn_batch_size: the fixed training images of that recalibration (OFA: 2,000 in
+            batches of 200).
     """
 
     def __init__(self, arch: str, space: str | None = None, network_options: dict[str, Any] | None = None,
@@ -73,7 +79,8 @@ class RetrainModule(L.LightningModule):
                  nesterov: bool = False, grad_clip: float = 5.0, auxiliary_weight: float = 0.4,
                  drop_path_prob: float = 0.0, label_smoothing: float = 0.0,
                  lr_schedule: str = "cosine", lr_gamma: float = 0.97, decay_vectors: bool = True,
-                 lr_restarts: tuple[int, int] = (10, 2)) -> None:
+                 lr_restarts: tuple[int, int] = (10, 2), inherit_from: str | None = None,
+                 bn_images: int = 2000, bn_batch_size: int = 200) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.space, self.arch = supernets.resolve_arch(arch, space)
@@ -97,10 +104,31 @@ class RetrainModule(L.LightningModule):
             raise ValueError(f"drop_path_prob={drop_path_prob}, but {self.space.name!r} networks have "
                              "no drop path; set it to 0")
         self.test_acc_history: list[float] = []  # percent, one per validation epoch
+        self.inherited: dict[str, Any] | None = None
 
     # -- network -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> Any:
+        """The network on ``x``, resized first where the architecture fixes its input resolution
+        (an OFA subnet runs at its own; bilinear, as the supernet resized it)."""
+        size = getattr(self.network, "resolution", None)
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
         return self.network(x)
+
+    def setup(self, stage: str) -> None:
+        """Inherit the supernet's weights once, before training or evaluation starts afresh."""
+        h = self.hparams
+        if not h.get("inherit_from") or self.inherited is not None or self.trainer.ckpt_path is not None:
+            return
+        from oneshot.deploy import inherit_network  # imported here: retraining alone never needs a supernet
+        from oneshot.rank.scoring import fixed_batches
+
+        datamodule = self.trainer.datamodule
+        datamodule.setup(stage)
+        batches = fixed_batches(datamodule.train_set, h.bn_images, h.bn_batch_size, seed=0)
+        network, source = inherit_network(h.inherit_from, self.arch, batches, self.network_options)
+        self.network.load_state_dict(network.state_dict())
+        self.inherited = {"source": source, "bn_images": batches.images, "bn_batch_size": h.bn_batch_size}
 
     @property
     def params(self) -> int:
@@ -147,7 +175,7 @@ class RetrainModule(L.LightningModule):
         if isinstance(batch, dict):
             raise ValueError("retraining got a bilevel (search) batch; set data bilevel: false")
         x, y = batch
-        loss, logits = self.loss_from_outputs(self.network(x), y)
+        loss, logits = self.loss_from_outputs(self(x), y)
         accuracy = (logits.argmax(1) == y).float().mean()
         self.log_dict({"train_loss": loss, "train_acc": accuracy}, prog_bar=True, on_step=False,
                       on_epoch=True, batch_size=x.shape[0], sync_dist=True)
@@ -157,7 +185,7 @@ class RetrainModule(L.LightningModule):
         x, y = batch
         if not hasattr(self, "_input_shape"):
             self._input_shape = tuple(x.shape[1:])
-        logits = self.network(x)
+        logits = self(x)
         loss = F.cross_entropy(logits, y)
         accuracy = (logits.argmax(1) == y).float().mean()
         self.log_dict({"test_loss": loss, "test_acc": accuracy}, prog_bar=True, on_epoch=True,
@@ -210,11 +238,13 @@ class RetrainModule(L.LightningModule):
         checkpoint["oneshot"] = self.checkpoint_identity()
         checkpoint["test_acc_history"] = list(self.test_acc_history)
         checkpoint["rng_states"] = capture_random_state()  # drop path, cutout and the loader continue alike
+        checkpoint["inherited"] = self.inherited
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "oneshot" in checkpoint:  # retrain checkpoints before 0.2 have no identity
             check_checkpoint_identity(checkpoint, self.checkpoint_identity())
         self.test_acc_history = list(checkpoint.get("test_acc_history", []))
+        self.inherited = checkpoint.get("inherited")
         restore_random_state(checkpoint.get("rng_states"))
 
     # -- result --------------------------------------------------------------------------------
@@ -231,7 +261,8 @@ class RetrainModule(L.LightningModule):
                 "input_size": list(input_size), "epochs": int(self.current_epoch), "seed": seed,
                 "space": self.space.name, "arch": self.space.format(self.arch),
                 "arch_choices": self.arch.to_json()["choices"],
-                "network_options": self.network_options}
+                "network_options": self.network_options,
+                **({"inherited": self.inherited} if self.inherited else {})}
 
 
 def write_result(record: dict[str, Any], directory: str) -> str:

@@ -77,6 +77,20 @@ PHASES: dict[str, Phase] = {
 }
 FINAL_PHASE = "expand2"
 
+# Per phase, the search arguments of the released script (train_ofa_net.py): epochs include the
+# warm-up (n_epochs + warmup_epochs), the lr is per device (x the device count, ``scale_lr``).
+# The full network is not trained by the released code (it downloads ofa_D4_E6_K7); its entry is
+# the paper's stand-alone MobileNetV3 recipe as recalled in the reference notes (180 epochs, lr 2.6
+# for 2,048 images on 32 devices = 0.08125 per device of 64), to be checked against the paper.
+REFERENCE_SCHEDULE: dict[str, dict[str, Any]] = {
+    "full": {"trainer.max_epochs": 180, "model.init_args.learning_rate": 0.08125, "model.init_args.warmup_epochs": 0},
+    "kernel": {"trainer.max_epochs": 125, "model.init_args.learning_rate": 3e-2, "model.init_args.warmup_epochs": 5},
+    "depth1": {"trainer.max_epochs": 25, "model.init_args.learning_rate": 2.5e-3, "model.init_args.warmup_epochs": 0},
+    "depth2": {"trainer.max_epochs": 125, "model.init_args.learning_rate": 7.5e-3, "model.init_args.warmup_epochs": 5},
+    "expand1": {"trainer.max_epochs": 25, "model.init_args.learning_rate": 2.5e-3, "model.init_args.warmup_epochs": 0},
+    "expand2": {"trainer.max_epochs": 125, "model.init_args.learning_rate": 7.5e-3, "model.init_args.warmup_epochs": 5},
+}
+
 
 def previous_phase(phase: str) -> str | None:
     order = list(PHASES)
@@ -139,6 +153,7 @@ class OfaSearch(SinglePathSearch):
             self.teacher = self.space.build_network(largest, num_classes=self.hparams.num_classes,
                                                     **{**self.space.network_options(self.space_options),
                                                        "in_channels": self.hparams.in_channels, "dropout": 0.0})
+            self.teacher.requires_grad_(False)  # a fixed target: no gradients, no optimizer
         self._recalibration: list[Any] | None = None
         self._grid: list[tuple[str, Arch, dict]] = []
 
@@ -173,6 +188,12 @@ class OfaSearch(SinglePathSearch):
         """The batch's resolution at ``step``, the same on every rank and on resume."""
         sizes = self.enabled_choices[RESOLUTION]
         return random.Random(rank_shared_seed(self.sampler_name, "resolution", step)).choice(sizes)
+
+    def export_rule(self) -> Arch:
+        if not self.select_after_training:
+            raise RuntimeError(f"phase {self.hparams.phase} trains the supernet for the next phase; the "
+                               f"architecture is chosen after phase {FINAL_PHASE} ({self.selection_name} selection)")
+        return super().export_rule()
 
     def selection_due(self) -> bool:
         return self.select_after_training and super().selection_due()
@@ -359,3 +380,4 @@ class OfaSearch(SinglePathSearch):
     # --- checkpoints --------------------------------------------------------------------------
     def checkpoint_identity(self) -> dict[str, Any]:
         return {**super().checkpoint_identity(), "phase": self.hparams.phase}
+

@@ -20,7 +20,10 @@ COMMANDS = {
     "rank": "rank correlation of supernet scores (or a score table) with ground truth; "
             "--train-ground-truth builds a table by stand-alone training",
     "info": "index, parameters and FLOPs of an architecture, or the table of a whole space",
+    "shrink": "Once-for-All progressive shrinking: every phase into one run directory; resumes "
+              "(--config CONFIG, --schedule YAML, --run-dir DIR)",
     "oracle": "query-based search (evolution, random, reinforce) on a benchmark table column, no supernet",
+    "latency": "measure a latency lookup table of the ofa-mbv3 space on this machine (for latency<=MS budgets)",
 }
 USER_ERRORS = (FileNotFoundError, KeyError, IndexError, ValueError, ImportError)  # UserError is a ValueError
 

@@ -39,6 +39,7 @@ from oneshot.commands.parsing import OneLineArgumentParser
 from oneshot.data import datamodule_from_run
 from oneshot.files import atomic_write_json
 from oneshot.selection.evolution import parse_constraints
+from oneshot.selection.predictor import parse_budgets
 from supernets import Arch
 
 HELP = "write arch.json from a search run or checkpoint (--rule rule|best_of_n|perturbation|evolution)"
@@ -96,20 +97,32 @@ def main(argv: list[str]) -> None:
     evolution.add_argument("--constraint", action="append", default=[], metavar="KEY<=VALUE",
                            help="a bound on the stand-alone network's cost, repeatable: flops<=330e6 (flops and "
                                 "macs are multiply-adds, as papers print FLOPs), params<=5e6")
-    evolution.add_argument("--population", type=int, default=50, help="candidates per generation (50)")
-    evolution.add_argument("--generations", type=int, default=20, help="generations (20)")
+    evolution.add_argument("--population", type=int, default=None,
+                           help="candidates per generation (evolution 50; predictor 100, OFA's)")
+    evolution.add_argument("--generations", type=int, default=None,
+                           help="generations (evolution 20; predictor 500, OFA's)")
     evolution.add_argument("--parents", type=int, default=10, help="top-k parents (10)")
     evolution.add_argument("--mutants", type=int, default=25, help="mutants per generation (25)")
     evolution.add_argument("--crossovers", type=int, default=25, help="crossovers per generation (25)")
     evolution.add_argument("--mutation-prob", type=float, default=0.1, help="per-choice redraw probability (0.1)")
-    evolution.add_argument("--bn-mode", choices=("reset", "recalibrate", "train", "running"), default="reset",
+    evolution.add_argument("--bn-mode", choices=("reset", "recalibrate", "train", "running"), default=None,
                            help="BatchNorm statistics before scoring: reset (SPOS: reset, then a moving average "
                                 "over --bn-batches training batches), recalibrate (exact average), train, running")
-    evolution.add_argument("--bn-batches", type=int, default=200, help="training batches for the BN statistics (200)")
-    evolution.add_argument("--bn-batch-size", type=int, default=128, help="their batch size (128)")
-    evolution.add_argument("--val-images", type=int, default=8000,
-                           help="fixed validation subset every candidate is scored on (40 x 200 = 8000)")
+    evolution.add_argument("--bn-batches", type=int, default=None,
+                           help="training batches for the BN statistics (evolution 200; predictor 10, OFA's)")
+    evolution.add_argument("--bn-batch-size", type=int, default=None, help="their batch size (evolution 128; predictor 200)")
+    evolution.add_argument("--val-images", type=int, default=None,
+                           help="fixed validation subset every candidate is scored on (evolution 40 x 200 = "
+                                "8000; predictor 10,000)")
     evolution.add_argument("--val-batch-size", type=int, default=200, help="validation batch size (200)")
+    predictor = parser.add_argument_group("predictor (OFA's search for a budget; defaults: ofa/nas); also "
+                                          "--constraint (with latency<=MS), --population, --generations and the BN/"
+                                          "validation options above")
+    predictor.add_argument("--latency-table", default=None, metavar="JSON",
+                           help="a table of `oneshot latency` for latency<=MS constraints")
+    predictor.add_argument("--predictor-samples", type=int, default=1000,
+                           help="distinct subnets measured to train the accuracy predictor (1000 per resolution)")
+    predictor.add_argument("--predictor-epochs", type=int, default=100, help="predictor training epochs (100)")
     parser.add_argument("--data", default=None,
                         help="best_of_n, perturbation, evolution: data module name (default: the run's config.yaml, else digits)")
     parser.add_argument("--data-root", default=None, help="best_of_n, perturbation, evolution: folder of the data set")
@@ -119,7 +132,10 @@ def main(argv: list[str]) -> None:
     if args.proj_intv < 0 or (args.tune_batches is not None and args.tune_batches < 1):
         raise ValueError(f"--proj-intv {args.proj_intv} --tune-batches {args.tune_batches}: "
                          "--proj-intv must be at least 0, --tune-batches at least 1")
-    constraints = parse_constraints(args.constraint)  # a bad one fails before the checkpoint loads
+    if args.rule == "predictor":  # a bad constraint fails before the checkpoint loads
+        constraints = parse_budgets(args.constraint)
+    else:
+        constraints = parse_constraints(args.constraint)
     ckpt = resolve_checkpoint(args.run_or_ckpt)
     run = run_directory(ckpt)
     model = load_algorithm(ckpt)
@@ -138,10 +154,19 @@ def main(argv: list[str]) -> None:
     out = Path(args.out) if args.out else run / f"arch_{args.rule}.json"
     if args.rule == "evolution":
         options.update(constraints=[str(c) for c in constraints], directory=str(out.with_suffix("")),
-                       population=args.population, generations=args.generations, parents=args.parents,
+                       population=args.population or 50, generations=args.generations or 20, parents=args.parents,
                        mutants=args.mutants, crossovers=args.crossovers, mutation_prob=args.mutation_prob,
-                       bn_mode=args.bn_mode, bn_batches=args.bn_batches, bn_batch_size=args.bn_batch_size,
-                       val_images=args.val_images, val_batch_size=args.val_batch_size)
+                       bn_mode=args.bn_mode or "reset", bn_batches=args.bn_batches or 200,
+                       bn_batch_size=args.bn_batch_size or 128, val_images=args.val_images or 8000,
+                       val_batch_size=args.val_batch_size)
+    if args.rule == "predictor":
+        options.pop("num_batches")
+        options.update(constraints=list(args.constraint), directory=str(out.with_suffix("")),
+                       latency_table=args.latency_table, predictor_samples=args.predictor_samples,
+                       predictor_epochs=args.predictor_epochs, population=args.population or 100,
+                       generations=args.generations or 500, bn_mode=args.bn_mode or "recalibrate",
+                       bn_batches=args.bn_batches or 10, bn_batch_size=args.bn_batch_size or 200,
+                       val_images=args.val_images or 10_000, val_batch_size=args.val_batch_size)
     chosen = selection.select(args.rule, model, datamodule, **options)
     if data_source is not None:
         chosen.settings["data"] = data_source

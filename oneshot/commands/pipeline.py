@@ -1,5 +1,10 @@
 """``oneshot pipeline``: search, discretization and retraining as one command and one run directory.
 
+For Once-for-All (an ``OfaSearch`` config) the search stage is ``oneshot shrink``'s whole schedule
+(``--schedule YAML`` passes through) and the retraining inherits the supernet's weights
+(``inherit_from``: the subnet extracted, BN recalibrated, then fine-tuned for the retrain config's
+epochs, or only evaluated with ``--trainer.max_epochs 0``).
+
 One-shot NAS is judged by what its architecture scores when trained from scratch (Liu et al.,
 "DARTS", ICLR 2019, section 3: search, then evaluation of the derived cell), so this command chains
 ``oneshot search``, ``oneshot discretize`` and ``oneshot retrain`` in process::
@@ -39,7 +44,7 @@ from typing import Any, Optional
 
 from oneshot import selection
 from oneshot.algorithms import SupernetTraining
-from oneshot.commands import discretize, retrain, search
+from oneshot.commands import discretize, retrain, search, shrink
 from oneshot.commands.common import (UserError, check_retrain_fits, config_value, logger_arguments, override,
                                      resume_arguments)
 from oneshot.files import atomic_write_json
@@ -98,6 +103,12 @@ def search_space_name(configs: list[str], search_args: list[str]) -> str:
     algorithms' default (``SupernetTraining(space="nb201")``)."""
     value = override(search_args, "--model.init_args.space") or config_value(configs, ("model", "init_args", "space"))
     return str(value or inspect.signature(SupernetTraining.__init__).parameters["space"].default)
+
+
+def is_progressive_shrinking(configs: list[str], search_args: list[str]) -> bool:
+    """An OfaSearch config: its search is `oneshot shrink`'s schedule, its retraining inherits."""
+    model = override(search_args, "--model") or config_value(configs, ("model", "class_path")) or ""
+    return str(model).rsplit(".", 1)[-1] == "OfaSearch"
 
 
 # -- record --------------------------------------------------------------------------------------
@@ -188,10 +199,15 @@ def main(argv: list[str]) -> Optional[dict[str, Any]]:
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"pipeline run directory: {run_dir}")
 
+    staged = is_progressive_shrinking(args.config, search_args)
     if not stages.done("search", search_dir / "arch.json"):
         stages.start("search", settings["search"], {"path": "search"})
         config_args = [item for path in args.config for item in ("--config", path)]
-        search.main([*config_args, *search_args, *logger_arguments(run_dir, "search"), *resume_arguments(search_dir)])
+        if staged:  # OFA: every phase of the schedule, into search/
+            shrink.main([*config_args, *search_args, "--run-dir", str(search_dir)])
+        else:
+            search.main([*config_args, *search_args, *logger_arguments(run_dir, "search"),
+                         *resume_arguments(search_dir)])
         if not (search_dir / "arch.json").is_file():
             raise PipelineError(f"the search did not finish ({search_dir} has no arch.json); rerun "
                                 f"with --run-dir {run_dir} to resume it")
@@ -213,8 +229,9 @@ def main(argv: list[str]) -> Optional[dict[str, Any]]:
     space = json.loads(arch_path.read_text())["space"]
     check_retrain_fits(space, args.retrain, retrain_args, origin=f"{arch_path}")
     stages.start("retrain", settings["retrain"], {"path": "retrain", "arch": "arch.json"})
-    retrain.main(["--config", args.retrain, *retrain_args, "--arch", str(arch_path),
-              *logger_arguments(run_dir, "retrain"), *resume_arguments(retrain_dir)])
+    inherit = ["--model.inherit_from", str(search_dir)] if staged else []  # OFA deploys the subnet
+    retrain.main(["--config", args.retrain, *retrain_args, "--arch", str(arch_path), *inherit,
+                  *logger_arguments(run_dir, "retrain"), *resume_arguments(retrain_dir)])
     if not result_path.is_file():
         raise PipelineError(f"the retraining did not finish ({result_path} is missing); rerun with "
                             f"--run-dir {run_dir} to resume it")

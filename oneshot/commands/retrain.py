@@ -67,7 +67,10 @@ def main(argv: list[str]) -> None:
             read_checkpoint(ckpt_path, cli.model.checkpoint_identity(), require_identity=False)
         except (FileNotFoundError, ValueError) as error:
             raise UserError(f"--ckpt_path {error}") from None
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    if cli.trainer.max_epochs == 0:  # evaluate only (an inherited OFA subnet without fine-tuning)
+        cli.trainer.validate(cli.model, datamodule=cli.datamodule)
+    else:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     run_directory = cli.trainer.log_dir  # a collective under DDP: every rank asks
     if cli.trainer.is_global_zero and not cli.trainer.interrupted and run_directory is not None:
         record = cli.model.result(seed=cli.config.get("seed_everything"))

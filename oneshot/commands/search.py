@@ -8,6 +8,7 @@ overrides (``--trainer.max_epochs 3``) and ``--print_config`` work as in Lightni
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from oneshot.checkpoints import read_checkpoint
@@ -48,6 +49,7 @@ def with_default_model(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
+    """Run the search; an interrupted run exits with status 130 after its checkpoint is written."""
     quiet_lightning()
     from oneshot.algorithms import SupernetTraining
     from oneshot.data import ImageDataModule
@@ -72,8 +74,15 @@ def main(argv: list[str]) -> None:
             raise UserError(f"--ckpt_path {error}") from None
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     run_directory = cli.trainer.log_dir  # a collective under DDP: every rank asks
-    if cli.trainer.is_global_zero and not cli.trainer.interrupted:
-        arch = cli.model.export()
+    if cli.trainer.interrupted:  # the run stopped early: say so to a scheduler or `oneshot shrink`
+        print(f"search interrupted; resume with --ckpt_path {run_directory}/checkpoints/last.ckpt", file=sys.stderr)
+        sys.exit(130)
+    if cli.trainer.is_global_zero:
+        try:
+            arch = cli.model.export()
+        except RuntimeError as reason:  # a phase of a staged run that selects nothing (OFA before its last)
+            print(f"{reason}\nrun directory: {run_directory}")
+            return
         path = cli.model.write_arch(arch, run_directory)
         print(f"architecture: {cli.model.space.format(arch)}\nrun directory: {run_directory}\n"
               f"wrote {path}")

@@ -16,7 +16,12 @@ One registry serves the search's ``selection`` option and ``oneshot discretize -
 * ``controller``: ENAS's derivation: the best of ``num_samples`` controller samples, each scored
   on ``num_batches`` validation batches (:mod:`oneshot.controller`).
 
-``predictor`` ([4/8]) joins the same registry.
+* ``predictor``: Once-for-All's search for a deployment budget on the ofa-mbv3 space: measure
+  ``predictor_samples`` subnets (BN recalibrated), fit an MLP accuracy predictor, run OFA's
+  evolution on the predicted accuracy with every candidate within ``constraints`` (``flops``,
+  ``params``, or ``latency`` in ms from a ``latency_table``, :mod:`oneshot.latency`), and measure
+  the winner (:mod:`oneshot.selection.predictor`).
+
 A strategy receives the supernet through the small protocol of :mod:`oneshot.selection.protocol`
 and validation data, and returns a :class:`Selection`.
 """
@@ -32,6 +37,7 @@ from oneshot.selection.best_of_n import best_of_n as score_best_of_n
 from oneshot.selection.evolution import EvolutionSettings, parse_constraints
 from oneshot.selection.evolve import run_evolution
 from oneshot.selection.perturbation import perturbation_select
+from oneshot.selection.predictor import FinderSettings, MeasureSettings, PredictorTraining, run_predictor_search
 from supernets import Arch
 
 
@@ -167,3 +173,24 @@ def controller_strategy(model: Any, datamodule: Any, num_samples: int = 100, num
                                    candidates=candidates, shared_batches=shared_batches)
     return Selection(arch, [[text, float(acc), float(loss)] for text, acc, loss in scores],
                      {"num_samples": num_samples, "num_batches": num_batches, "seed": seed})
+
+
+@register("predictor")
+def predictor_strategy(model: Any, datamodule: Any, constraints: Sequence[str] = (), latency_table: str | None = None,
+                       seed: int = 0, predictor_samples: int = 1000, predictor_resolutions: Sequence[int] | None = None,
+                       predictor_epochs: int = 100, predictor_batch_size: int = 256, population: int = 100,
+                       generations: int = 500, parent_ratio: float = 0.25, mutation_ratio: float = 0.5,
+                       mutate_prob: float = 0.1, resolution_mutate_prob: float = 0.5, sample_tries: int = 10_000,
+                       bn_mode: str = "recalibrate", bn_batches: int = 10, bn_batch_size: int = 200,
+                       val_images: int = 10_000, val_batch_size: int = 200, directory: str | None = None,
+                       progress: bool = True, **_: Any) -> Selection:
+    """OFA's predictor-guided search (defaults: ofa/nas and the author's guidance): each of
+    ``predictor_samples`` distinct subnets measured at ``predictor_resolutions`` (default 4 evenly
+    spaced enabled ones: 128, 160, 192, 224 of 128..224); the scores are that measured dataset."""
+    arch, dataset, settings = run_predictor_search(
+        model, datamodule, constraints, latency_table, seed, predictor_samples, predictor_resolutions,
+        PredictorTraining(epochs=predictor_epochs, batch_size=predictor_batch_size, seed=seed),
+        FinderSettings(population, generations, parent_ratio, mutation_ratio, mutate_prob, resolution_mutate_prob,
+                       sample_tries),
+        MeasureSettings(bn_mode, bn_batches, bn_batch_size, val_images, val_batch_size), directory, progress)
+    return Selection(arch, dataset, settings)

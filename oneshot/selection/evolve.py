@@ -182,6 +182,13 @@ def plot_scores_against_cost(evolution: Evolution, path: Path) -> Path:
     ax.set_xlabel("multiply-adds (M)")
     ax.set_ylabel("supernet accuracy (%)")
     ax.set_title(f"{evolution.space.name}: {len(history)} candidates, {evolution.generation} generations")
+    return save_figure(fig, ax, path)
+
+
+def save_figure(fig: Any, ax: Any, path: Path) -> Path:
+    """Legend, layout, write the PNG (its folder made) and free the figure: every search plot."""
+    import matplotlib.pyplot as plt
+
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,8 @@ def test_config_parses_with_every_key_known(path, capsys):
         argv = ["search", "--config", path, "--print_config"]
     if name.startswith("retrain_"):  # retraining needs an architecture of the config's space
         argv[0] = "retrain"
-        argv += ["--arch", "DARTS_V2" if "darts" in name else "2,1,0,1,2,0,2,0,2,0,2,3,0,0,0,0,3,2,3,3"
+        argv += ["--arch", "DARTS_V2" if "darts" in name else
+                 "r32-d22222-k3333.3333.3333.3333.3333-e3333.3333.3333.3333.3333" if "ofa" in name else "2,1,0,1,2,0,2,0,2,0,2,3,0,0,0,0,3,2,3,3"
                  if "spos" in name else "ENAS_MICRO" if "enas_micro" in name else
                  "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"]
     with pytest.raises(SystemExit) as exit_info:
@@ -157,3 +158,25 @@ def test_enas_configs_are_the_released_scripts():
     for name in ("micro", "macro"):  # the paper's preset changes only the controller's values
         paper = _load(f"enas_{name}_cifar10_paper.yaml")["model"]["init_args"]
         assert (paper["tanh_constant"], paper["temperature"], paper["controller_lr"]) == (2.5, 5.0, 3.5e-4)
+
+
+def test_ofa_imagenet_is_the_released_script():
+    """mit-han-lab/once-for-all train_ofa_net.py shared args and the per-phase table."""
+    from oneshot.algorithms.ofa import PHASES, REFERENCE_SCHEDULE
+
+    config = _load("ofa_mbv3_imagenet.yaml")
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    assert model["space_options"]["resolutions"] == [128, 224, 4] and model["space_options"]["dropout"] == 0.1
+    assert (model["kd_ratio"], model["label_smoothing"], model["momentum"], model["nesterov"]) == (1.0, 0.1, 0.9, True)
+    assert (model["weight_decay"], model["warmup_lr"], model["validation_resolutions"]) == (3e-5, -1.0, [160, 224])
+    assert (model["bn_images"], model["bn_batch_size"], data["batch_size"]) == (2000, 200, 64)
+    assert round((1 - data["train_portion"]) * 1_281_167) == 10_000  # args.valid_size
+    table = {phase: (s["trainer.max_epochs"], s["model.init_args.learning_rate"], s["model.init_args.warmup_epochs"])
+             for phase, s in REFERENCE_SCHEDULE.items()}
+    assert table["kernel"] == (125, 3e-2, 5) and table["depth1"] == (25, 2.5e-3, 0)
+    assert table["depth2"] == table["expand2"] == (125, 7.5e-3, 5) and table["expand1"] == (25, 2.5e-3, 0)
+    assert [PHASES[p].subnets_per_step for p in ("kernel", "depth1", "depth2", "expand1", "expand2")] == [1, 2, 2, 4, 4]
+    assert [PHASES[p].reorder_band for p in ("expand1", "expand2")] == [0, 1]  # expand_ratio_stage
+    options = model["selection_options"]
+    assert (options["population"], options["generations"], options["parent_ratio"], options["mutation_ratio"]) == \
+        (100, 500, 0.25, 0.5)
