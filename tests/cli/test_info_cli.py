@@ -67,7 +67,7 @@ def test_spos_channels_arch(capsys):
     (["--space", "nb201", "--arch", "|none~0|+|none~0|"], "separated by '+', not 3"),
     (["--space", "nb201", "--genotype", "DARTS_V2"], "--space darts"),
     (["--space", "darts", "--arch", BEST], "use --space nb201"),
-    (["--space", "nb999", "--index", "1"], "accepted: darts, enas-macro, enas-micro, nb201, spos"),
+    (["--space", "nb999", "--index", "1"], "accepted: darts, enas-macro, enas-micro, nb201, ofa-mbv3, spos"),
     (["--space", "nb201", "--index", "15625"], "15624"),
 ])
 def test_bad_input_is_named(argv, message, capsys):
