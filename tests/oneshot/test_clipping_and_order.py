@@ -166,7 +166,7 @@ def test_retrain_step_is_sgd_with_the_gradient_clipped_to_grad_clip(grad_clip):
     assert (moved.abs().max() > 1e-4) == bool(grad_clip)
 
 
-def test_per_tensor_clipping_clips_each_gradient_on_its_own():
+def test_per_tensor_clipping_clips_each_gradient_on_its_own(tmp_path):
     """ENAS's TF clip_mode "norm": every tensor's gradient to the bound by itself, unlike the global
     norm that scales all of them by one factor."""
     import lightning as L
@@ -194,7 +194,8 @@ def test_per_tensor_clipping_clips_each_gradient_on_its_own():
     torch.optim.SGD.step = recording_step
     try:
         trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            default_root_dir=tmp_path)  # its arch.json goes there, not into the checkout
         trainer.fit(model, datamodule=DigitsDataModule(batch_size=16))
     finally:
         torch.optim.SGD.step = original
