@@ -66,6 +66,16 @@ class Phase:
     subnets_per_step: int
     reorder_band: int | None  # channel re-ordering at the start: OFA's expand_ratio_stage
 
+    def values(self, kind: str) -> tuple[int, ...] | None:
+        """The values trained for a choice kind (``kernel``, ``expand``, ``depth``); None for the
+        resolution, which every phase samples in full."""
+        return {"kernel": self.kernel_sizes, "expand": self.expand_ratios, "depth": self.depths}.get(kind)
+
+
+def choice_kind(label: str) -> str:
+    """``stage1.block2.kernel`` -> ``kernel``; ``resolution`` -> ``resolution``."""
+    return label.rsplit(".", 1)[-1]
+
 
 PHASES: dict[str, Phase] = {
     "full": Phase((7,), (6,), (4,), 1, None),
@@ -147,6 +157,10 @@ class OfaSearch(SinglePathSearch):
         self.phase = PHASES[phase]
         self.enabled_choices = self.phase_choices()
         self.space = self.space.restricted(self.enabled_choices)  # strategies sample what the phase trains
+        unserved = [r for r in validation_resolutions if r not in self.enabled_choices[RESOLUTION]]
+        if unserved:
+            raise ValueError(f"validation_resolutions {unserved} are not among the supernet's resolutions "
+                             f"{self.enabled_choices[RESOLUTION]}: choose some of those")
         self.teacher = None
         if kd_ratio > 0 and phase != "full":
             largest = supernets.get(space).largest(self.supernet.choices)
@@ -155,31 +169,35 @@ class OfaSearch(SinglePathSearch):
                                                        "in_channels": self.hparams.in_channels, "dropout": 0.0})
             self.teacher.requires_grad_(False)  # a fixed target: no gradients, no optimizer
         self._recalibration: list[Any] | None = None
-        self._grid: list[tuple[str, Arch, dict]] = []
+        self._grid: list[tuple[str, Arch, dict]] = []  # this epoch's validation subnets and BN statistics
+        self._totals: dict[str, list[float]] = {}  # per grid subnet: loss sum, correct sum, images
 
     # --- what the phase trains ----------------------------------------------------------------
     def phase_choices(self) -> dict[str, tuple[int, ...]]:
         """The supernet's choices restricted to the phase; ValueError if it serves none of them."""
-        wanted = {"kernel": self.phase.kernel_sizes, "expand": self.phase.expand_ratios, "depth": self.phase.depths}
         choices = {}
         for label, served in self.supernet.choices.items():
-            kind = label.rsplit(".", 1)[-1]
-            choices[label] = served if kind == RESOLUTION else tuple(v for v in served if v in wanted[kind])
+            wanted = self.phase.values(choice_kind(label))
+            choices[label] = served if wanted is None else tuple(v for v in served if v in wanted)
             if not choices[label]:
-                raise ValueError(f"phase {self.hparams.phase} trains {kind} {wanted[kind]}, but the supernet "
-                                 f"serves {served} for {label}: widen space_options")
+                raise ValueError(f"phase {self.hparams.phase} trains {choice_kind(label)} {wanted}, but the "
+                                 f"supernet serves {served} for {label}: widen space_options")
         return choices
 
     def check_enabled(self, decisions: Mapping[str, Any]) -> None:
         """ValueError naming a value the phase has not trained (and the phase that does)."""
         for label, options in self.enabled_choices.items():
-            if decisions[label] not in options:
-                later = [name for name in list(PHASES)[list(PHASES).index(self.hparams.phase) + 1:]
-                         if decisions[label] in getattr(PHASES[name], {"kernel": "kernel_sizes",
-                         "expand": "expand_ratios", "depth": "depths"}.get(label.rsplit(".", 1)[-1], "depths"))]
-                hint = f"use a checkpoint of phase {later[0]}" if later else "choose a value the phase trains"
-                raise ValueError(f"{label} = {decisions[label]} is outside what phase {self.hparams.phase} trained "
-                                 f"({', '.join(map(str, options))}): {hint}")
+            value = decisions[label]
+            if value in options:
+                continue
+            kind = choice_kind(label)
+            later = [name for name in list(PHASES)[list(PHASES).index(self.hparams.phase) + 1:]
+                     if value in (PHASES[name].values(kind) or ())]
+            hint = (f"use a checkpoint of phase {later[0]}" if later else
+                    "the supernet serves only these (space_options.resolutions)" if kind == RESOLUTION else
+                    "choose a value the phase trains")
+            raise ValueError(f"{label} = {value} is outside what phase {self.hparams.phase} trained "
+                             f"({', '.join(map(str, options))}): {hint}")
 
     def sample_architecture(self, *purpose: Any) -> Arch:
         return self.space.sample(random.Random(rank_shared_seed(self.sampler_name, *purpose)))

@@ -90,9 +90,9 @@ def schedule_of(path: str | None) -> dict[str, dict[str, Any]]:
 
 
 def phase_arguments(settings: dict[str, Any]) -> list[str]:
+    """``{trainer.max_epochs: 3}`` -> ``--trainer.max_epochs 3`` (values as JSON, which the CLI reads)."""
     return [item for key, value in settings.items()
-            for item in (f"--{key}", yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
-                         if not isinstance(value, str) else value)]
+            for item in (f"--{key}", value if isinstance(value, str) else json.dumps(value))]
 
 
 def _now() -> str:

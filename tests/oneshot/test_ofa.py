@@ -81,8 +81,10 @@ def test_a_phase_samples_only_its_choices_and_names_values_it_did_not_train():
     with pytest.raises(ValueError, match="stage2.depth = 2 is outside what phase depth1 trained .*phase depth2"):
         model.loss_and_accuracy((torch.randn(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)), dict(outside))
     resolution = Arch("ofa-mbv3", {**dict(model.space.largest()), "resolution": 20})
-    with pytest.raises(ValueError, match="resolution = 20 is outside"):
+    with pytest.raises(ValueError, match="resolution = 20 is outside .*the supernet serves only these"):
         model.loss_and_accuracy((torch.randn(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)), dict(resolution))
+    with pytest.raises(ValueError, match=r"validation_resolutions \[20\] are not among"):
+        OfaSearch(phase="depth1", **{**TINY, "validation_resolutions": [16, 20]})
 
 
 def test_the_validation_grid_is_the_reference_one():
