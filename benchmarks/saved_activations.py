@@ -12,6 +12,7 @@ Usage (repository root)::
 
     .venv/bin/python benchmarks/saved_activations.py                  # DARTS and NB201 supernets, batch 64, 32x32
     .venv/bin/python benchmarks/saved_activations.py --spaces nb201 --batch-size 16
+    .venv/bin/python benchmarks/saved_activations.py --kernels unfused   # the candidate-by-candidate path only
 """
 from __future__ import annotations
 
@@ -26,9 +27,13 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import supernets  # noqa: E402
+from ops.kernels import status, use_fused  # noqa: E402
 from ops.mixed import MixedOp  # noqa: E402
 
 MiB = 2 ** 20
+# What a mixed op saves outside its candidates: the weighted sum's copies of the candidate outputs
+# (unfused), or the fused ops plus the one relu(x) the convolutions share (fused).
+MIXING = "mixing (glue / fused ops)"
 
 
 class SavedByLabel:
@@ -43,13 +48,15 @@ class SavedByLabel:
         self.handles = []
         for module in model.modules():
             if isinstance(module, MixedOp):
-                self._label(module, "weighted sum (glue)")
+                self._label(module, MIXING)
                 for name, op in zip(module.candidates, module.ops):
                     if "pool" in name and isinstance(op, nn.Sequential):  # DARTS search: pool, then BN
                         self._label(op[0], name)
                         self._label(op[-1], f"{name} +bn")
-                    else:
-                        self._label(op, name)
+                        continue
+                    # the fused path calls a candidate's layers, not the candidate: label both
+                    for part in [op, *(m for m in op.modules() if not list(m.children()))]:
+                        self._label(part, name)
 
     def _label(self, module: nn.Module, label: str) -> None:
         def enter(*_: object) -> None:
@@ -88,11 +95,17 @@ def build(space: str) -> tuple[nn.Module, dict]:
     return supernet, alphas
 
 
-def measure(space: str, batch_size: int) -> None:
+def measure(space: str, batch_size: int, kernels: str) -> None:
+    with use_fused(kernels == "fused"):
+        _measure(space, batch_size, kernels)
+
+
+def _measure(space: str, batch_size: int, kernels: str) -> None:
     torch.manual_seed(0)
     supernet, alphas = build(space)
     supernet.train()
-    x = torch.randn(batch_size, 3, 32, 32)
+    x = torch.randn(batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    supernet.to(memory_format=torch.channels_last)  # the searches' CPU layout (memory_format auto)
     recorder = SavedByLabel(supernet)
     with torch.autograd.graph.saved_tensors_hooks(recorder.pack, lambda t: t):
         decisions = {label: torch.softmax(a, 0) for label, a in alphas.items()}  # alphas need their gradient
@@ -101,7 +114,8 @@ def measure(space: str, batch_size: int) -> None:
         loss = nn.functional.cross_entropy(logits, torch.zeros(batch_size, dtype=torch.long))
     recorder.remove()
     total = sum(recorder.bytes.values())
-    print(f"\n{space}: batch {batch_size}, 32x32, softmax of zero alphas; saved for backward {total / MiB:.1f} MiB")
+    print(f"\n{space} ({kernels}): batch {batch_size}, 32x32 channels_last, softmax of zero alphas; "
+          f"saved for backward {total / MiB:.1f} MiB")
     print(f"  {'saved by':<28} {'MiB':>9} {'share':>7} {'also saves (shared) MiB':>24}")
     for label, size in sorted(recorder.bytes.items(), key=lambda item: -item[1]):
         print(f"  {label:<28} {size / MiB:>9.1f} {size / total:>6.1%} {recorder.shared.get(label, 0) / MiB:>24.1f}")
@@ -112,10 +126,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spaces", nargs="+", default=["darts", "nb201"], choices=["darts", "nb201"])
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--kernels", nargs="+", choices=["fused", "unfused"], default=["unfused", "fused"],
+                        help="mixing path: candidate by candidate, or the fused kernels (ops.kernels)")
     args = parser.parse_args(argv)
-    print(f"torch {torch.__version__}")
+    print(f"torch {torch.__version__}; kernels: {status().reason}")
     for space in args.spaces:
-        measure(space, args.batch_size)
+        for kernels in args.kernels:
+            measure(space, args.batch_size, kernels)
 
 
 if __name__ == "__main__":

@@ -39,12 +39,20 @@ Method:
   includes allocator caching, which is the memory the process really holds;
 * memory on CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation after construction.
 
+Kernels (``--kernels``): each of our rows runs as ``fused`` (dense mixing through the fused
+kernels of :mod:`ops.kernels` where the library is loaded), ``unfused`` (candidate by
+candidate, the reference path) or ``compile`` (the unfused supernet under ``torch.compile``,
+what a user would try instead; its warm-up steps include the compilation and its peak memory
+the compiler's). Single-path algorithms (GDAS, RSPS, SPOS, ENAS) never take the fused path, so
+their fused and unfused rows run the same code.
+
 Usage (from the repository root)::
 
     .venv/bin/python benchmarks/step.py                       # both spaces, 4 algorithms, CPU
     .venv/bin/python benchmarks/step.py --spaces nb201 --algorithms gdas rsps --steps 20
     .venv/bin/python benchmarks/step.py --spaces spos --algorithms spos --steps 20   # SPOS vs its path alone
     .venv/bin/python benchmarks/step.py --device cuda --steps 50
+    .venv/bin/python benchmarks/step.py --spaces darts --algorithms darts --kernels fused unfused compile
     .venv/bin/python benchmarks/step.py --profile --spaces darts --algorithms gdas  # top ops
 """
 from __future__ import annotations
@@ -76,6 +84,7 @@ ALGORITHMS = (*CELL_ALGORITHMS, "enas", "spos")
 # ENAS's controller serves NB201 (one token per edge), not the DARTS space's node pairs
 SPACE_ALGORITHMS = {"darts": CELL_ALGORITHMS, "nb201": (*CELL_ALGORITHMS, "enas"), "spos": ("spos",)}
 IMPLEMENTATIONS = ("ours", "xautodl")
+KERNEL_VARIANTS = ("fused", "unfused", "compile")
 XAUTODL_ALGORITHMS = ("darts", "gdas")  # the xautodl search models compared here
 INPUT_SHAPE = (3, 32, 32)  # CIFAR-10
 SPOS_INPUT_SHAPE = (3, 64, 64)  # a CPU-sized input for the 32x-downsampling SPOS backbone (2x2 at the end)
@@ -100,12 +109,14 @@ Built = tuple[nn.Module, list[nn.Parameter], list[nn.Parameter],
               Callable[[torch.Tensor, torch.Tensor], torch.Tensor], str]
 
 
-def build_ours(space: str, algorithm: str, device: torch.device) -> Built:
+def build_ours(space: str, algorithm: str, device: torch.device, kernels: str = "fused") -> Built:
     from oneshot.algorithms import ALGORITHMS as CLASSES
 
     model = CLASSES[algorithm](space=space, num_classes=NUM_CLASSES, in_channels=INPUT_SHAPE[0],
                                memory_format=MEMORY_FORMAT).to(device)
     model.on_fit_start()  # what a fit does first: the supernet in the chosen memory format
+    if kernels == "compile":  # what a user would try instead of fused kernels: inductor, unfused ops
+        model.supernet = torch.compile(model.supernet)
     steps = iter(range(1, 2**31))
 
     def step_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -208,9 +219,9 @@ def spos_path() -> Any:
     return supernets.get("spos").sample(random.Random(rank_shared_seed("spos", "weights", 0)))
 
 
-def build(space: str, impl: str, algorithm: str, device: torch.device) -> Built:
+def build(space: str, impl: str, algorithm: str, device: torch.device, kernels: str = "fused") -> Built:
     if impl == "ours":
-        return build_single(space, device) if algorithm == "single" else build_ours(space, algorithm, device)
+        return build_single(space, device) if algorithm == "single" else build_ours(space, algorithm, device, kernels)
     if impl == "xautodl":
         return build_xautodl(space, algorithm, device)
     raise ValueError(f"unknown implementation {impl!r}; accepted: {', '.join(IMPLEMENTATIONS)}")
@@ -231,9 +242,10 @@ def parameter_breakdown(weights: list[nn.Parameter], model: nn.Module) -> dict[s
 # One measurement (runs in a fresh process)
 
 
-def make_step(args: argparse.Namespace, space: str, impl: str, algorithm: str, device: torch.device):
+def make_step(args: argparse.Namespace, space: str, impl: str, algorithm: str, device: torch.device,
+              kernels: str = "fused"):
     torch.manual_seed(0)
-    model, weights, arch_params, step_loss, note = build(space, impl, algorithm, device)
+    model, weights, arch_params, step_loss, note = build(space, impl, algorithm, device, kernels)
     model.train()
     optimizer = torch.optim.SGD([{"params": weights, "weight_decay": WEIGHT_DECAY},
                                  {"params": arch_params, "weight_decay": 0.0}],
@@ -251,11 +263,20 @@ def make_step(args: argparse.Namespace, space: str, impl: str, algorithm: str, d
     return model, weights, arch_params, step, note
 
 
-def measure(args: argparse.Namespace, space: str, impl: str, algorithm: str) -> dict[str, Any]:
+def measure(args: argparse.Namespace, space: str, impl: str, algorithm: str, kernels: str) -> dict[str, Any]:
+    from ops.kernels import status, use_fused
+
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, weights, arch_params, step, note = make_step(args, space, impl, algorithm, device)
+    with use_fused(kernels == "fused"):
+        return _measure(args, space, impl, algorithm, kernels, device) | {
+            "kernels": kernels, "kernel_status": status().reason}
+
+
+def _measure(args: argparse.Namespace, space: str, impl: str, algorithm: str, kernels: str,
+             device: torch.device) -> dict[str, Any]:
+    model, weights, arch_params, step, note = make_step(args, space, impl, algorithm, device, kernels)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
@@ -263,8 +284,10 @@ def measure(args: argparse.Namespace, space: str, impl: str, algorithm: str) -> 
         base = torch.cuda.memory_allocated(device)
     else:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    warmup_start = time.perf_counter()
     for _ in range(args.warmup):
         step()
+    warmup_s = time.perf_counter() - warmup_start
     times = []
     for _ in range(args.steps):
         if cuda:
@@ -283,12 +306,12 @@ def measure(args: argparse.Namespace, space: str, impl: str, algorithm: str) -> 
             "arch_params": sum(p.numel() for p in arch_params),
             "breakdown": parameter_breakdown(weights, model),
             "median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times),
-            "peak_mb": peak_mb, "threads": torch.get_num_threads()}
+            "peak_mb": peak_mb, "threads": torch.get_num_threads(), "warmup_s": warmup_s}
 
 
-def run_worker(args: argparse.Namespace, space: str, impl: str, algorithm: str) -> dict[str, Any]:
+def run_worker(args: argparse.Namespace, space: str, impl: str, algorithm: str, kernels: str) -> dict[str, Any]:
     """Run :func:`measure` in a fresh interpreter so its RSS high-water mark is its own."""
-    command = [sys.executable, os.path.abspath(__file__), "--_worker", space, impl, algorithm,
+    command = [sys.executable, os.path.abspath(__file__), "--_worker", space, impl, algorithm, kernels,
                "--batch-size", str(args.batch_size), "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--device", args.device,
                "--memory-format", args.memory_format]
@@ -300,16 +323,16 @@ def run_worker(args: argparse.Namespace, space: str, impl: str, algorithm: str) 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def planned_rows(args: argparse.Namespace, have_xautodl: bool) -> list[tuple[str, str, str]]:
-    """(space, impl, algorithm) per row: ours per algorithm, the single network, then xautodl's
-    models for the algorithms it has."""
+def planned_rows(args: argparse.Namespace, have_xautodl: bool) -> list[tuple[str, str, str, str]]:
+    """(space, impl, algorithm, kernels) per row: ours per algorithm and kernel variant, the
+    single network, then xautodl's models for the algorithms it has."""
     rows = []
     for space in args.spaces:
-        rows += [(space, "ours", algorithm) for algorithm in args.algorithms
-                 if algorithm in SPACE_ALGORITHMS[space]]
-        rows.append((space, "ours", "single"))
+        rows += [(space, "ours", algorithm, kernels) for algorithm in args.algorithms
+                 if algorithm in SPACE_ALGORITHMS[space] for kernels in args.kernels]
+        rows.append((space, "ours", "single", "-"))
         if have_xautodl:
-            rows += [(space, "xautodl", a) for a in XAUTODL_ALGORITHMS if a in args.algorithms]
+            rows += [(space, "xautodl", a, "-") for a in XAUTODL_ALGORITHMS if a in args.algorithms]
     return rows
 
 
@@ -322,33 +345,45 @@ def _ratio(a: float, b: float | None) -> str:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    """Ratios: ours / xautodl for the same algorithm; every row / our DARTS step; every row / the
-    space's stand-alone network (for SPOS the same path)."""
-    header = (f"{'space':<6} {'impl':<8} {'algorithm':<9} {'params':>10} {'ms/step':>9} {'min ms':>9} "
-              f"{'peak MB':>8} | {'t/xautodl':>9} {'m/xautodl':>9} | {'t/DARTS':>7} {'m/DARTS':>7} | "
-              f"{'t/single':>8} {'m/single':>8}")
+    """Ratios: ours / xautodl for the same algorithm; every row / our unfused step of the same
+    algorithm; every row / our DARTS step with the same kernels; every row / the space's
+    stand-alone network (for SPOS the same path)."""
+    header = (f"{'space':<6} {'impl':<8} {'algorithm':<9} {'kernels':<8} {'params':>10} {'ms/step':>9} "
+              f"{'min ms':>9} {'peak MB':>8} | {'t/xautodl':>9} {'m/xautodl':>9} | {'t/unfused':>9} "
+              f"{'m/unfused':>9} | {'t/DARTS':>7} {'m/DARTS':>7} | {'t/single':>8} {'m/single':>8}")
     print(header)
     print("-" * len(header))
-    by_key = {(r["space"], r["impl"], r["algorithm"]): r for r in rows}
+    by_key = {(r["space"], r["impl"], r["algorithm"], r["kernels"]): r for r in rows}
     for r in rows:
-        xautodl = by_key.get((r["space"], "xautodl", r["algorithm"])) if r["impl"] == "ours" else None
-        darts = by_key.get((r["space"], "ours", "darts"))
-        single = by_key.get((r["space"], "ours", "single"))
-        print(f"{r['space']:<6} {r['impl']:<8} {r['algorithm']:<9} {r['params']:>10,} "
+        ours = r["impl"] == "ours" and r["algorithm"] != "single"
+        xautodl = by_key.get((r["space"], "xautodl", r["algorithm"], "-")) if ours else None
+        unfused = by_key.get((r["space"], "ours", r["algorithm"], "unfused")) if ours else None
+        darts = by_key.get((r["space"], "ours", "darts", r["kernels"] if ours else "unfused"))
+        single = by_key.get((r["space"], "ours", "single", "-"))
+        print(f"{r['space']:<6} {r['impl']:<8} {r['algorithm']:<9} {r['kernels']:<8} {r['params']:>10,} "
               f"{r['median_ms']:>9.1f} {r['min_ms']:>9.1f} {r['peak_mb']:>8.1f} | "
               f"{_ratio(r['median_ms'], xautodl and xautodl['median_ms']):>9} "
               f"{_ratio(r['peak_mb'], xautodl and xautodl['peak_mb']):>9} | "
+              f"{_ratio(r['median_ms'], unfused and unfused['median_ms']):>9} "
+              f"{_ratio(r['peak_mb'], unfused and unfused['peak_mb']):>9} | "
               f"{_ratio(r['median_ms'], darts and darts['median_ms']):>7} "
               f"{_ratio(r['peak_mb'], darts and darts['peak_mb']):>7} | "
               f"{_ratio(r['median_ms'], single and single['median_ms']):>8} "
               f"{_ratio(r['peak_mb'], single and single['peak_mb']):>8}")
     print()
     for r in rows:
-        print(f"{r['space']}/{r['impl']}/{r['algorithm']}: {r['note']}")
+        extra = ""
+        if r["kernels"] == "compile":
+            extra = (f"; torch.compile warm-up (compilation) {r['warmup_s']:.0f} s, its peak memory "
+                     f"includes the compiler's")
+        print(f"{r['space']}/{r['impl']}/{r['algorithm']}/{r['kernels']}: {r['note']}{extra}")
+    statuses = {r["kernel_status"] for r in rows if r.get("kernel_status")}
+    for reason in statuses:
+        print(f"kernels: {reason}")
 
 
 def print_param_differences(rows: list[dict[str, Any]]) -> None:
-    by_key = {(r["space"], r["impl"], r["algorithm"]): r for r in rows}
+    by_key = {(r["space"], r["impl"], r["algorithm"]): r for r in rows}  # one row per kernel variant is enough
     for space in SPACES:
         for algorithm in XAUTODL_ALGORITHMS:
             ours = by_key.get((space, "ours", algorithm))
@@ -372,7 +407,18 @@ def profile(args: argparse.Namespace, space: str, impl: str, algorithm: str) -> 
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    _, _, _, step, note = make_step(args, space, impl, algorithm, device)
+    from ops.kernels import use_fused
+
+    kernels = args.kernels[0]
+    _, _, _, step, note = make_step(args, space, impl, algorithm, device, kernels)
+    with use_fused(kernels == "fused"):
+        _profile_steps(args, step, note, space, impl, algorithm, device)
+
+
+def _profile_steps(args: argparse.Namespace, step: Callable[[], None], note: str, space: str, impl: str,
+                   algorithm: str, device: torch.device) -> None:
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
     for _ in range(max(args.warmup, 1)):
         step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -403,7 +449,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="print the top 15 ops by self CPU time of the step of each of "
                              "--algorithms instead of the table (default: ours; name 'xautodl' "
                              "to profile its models as well)")
-    parser.add_argument("--_worker", nargs=3, metavar=("SPACE", "IMPL", "ALGORITHM"), help=argparse.SUPPRESS)
+    parser.add_argument("--kernels", nargs="+", choices=KERNEL_VARIANTS, default=["fused", "unfused"],
+                        help="our rows per variant: fused (ops.kernels, where the library is loaded), "
+                             "unfused (candidate by candidate), compile (unfused under torch.compile: "
+                             "what a user would try instead; its warm-up includes compilation)")
+    parser.add_argument("--_worker", nargs=4, metavar=("SPACE", "IMPL", "ALGORITHM", "KERNELS"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda requested but torch.cuda.is_available() is False")
@@ -439,10 +490,11 @@ def main(argv: list[str] | None = None) -> int:
     if not have_xautodl:
         print(XAUTODL_MISSING)
     rows = []
-    for space, impl, algorithm in planned_rows(args, have_xautodl):
-        rows.append(run_worker(args, space, impl, algorithm))
+    for space, impl, algorithm, kernels in planned_rows(args, have_xautodl):
+        rows.append(run_worker(args, space, impl, algorithm, kernels))
         r = rows[-1]
-        print(f"  {space}/{impl}/{algorithm}: {r['median_ms']:.1f} ms, {r['peak_mb']:.1f} MB", flush=True)
+        print(f"  {space}/{impl}/{algorithm}/{kernels}: {r['median_ms']:.1f} ms, {r['peak_mb']:.1f} MB",
+              flush=True)
     print()
     print_table(rows)
     print()

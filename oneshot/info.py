@@ -71,3 +71,23 @@ def write_space_table(space: SearchSpace, out: str | None, num_classes: int | No
     finally:
         if out:
             handle.close()
+
+
+def describe_kernels() -> str:
+    """Which path dense mixed ops take (fused kernels or the PyTorch reference), and why."""
+    import torch
+
+    from ops import kernels
+
+    status = kernels.status()
+    devices = ", ".join(status.devices) or "none"
+    lines = [f"mixed-op kernels: {status.path}" + (f" (devices: {devices})" if status.path == "fused" else ""),
+             f"why: {status.reason}"]
+    if status.library:
+        lines.append(f"library: {status.library}")
+    if status.path == "fused" and "cuda" not in status.devices:
+        lines.append("cuda: not built; build it with ONESHOT_CUDA=1 pip install --no-build-isolation -e . "
+                     "(TORCH_CUDA_ARCH_LIST defaults to 9.0)")
+    lines.append(f"switch: {kernels.SWITCH_ENV}=reference runs the reference path without loading the library")
+    lines.append(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")
+    return "\n".join(lines)

@@ -10,8 +10,10 @@ A decision is made per forward by the algorithm, never stored in the op:
   says whether the unsampled candidates' weights take part (xautodl's NB201 cell) or only the
   chosen one's (xautodl's NASNet cell).
 
-All three go through :func:`weighted_sum`, the one place a fused kernel replaces (a
-:class:`SampledPath` with ``unsampled_gradient=False`` is a single product instead).
+All three go through :func:`weighted_sum` (a :class:`SampledPath` with
+``unsampled_gradient=False`` is a single product instead), except dense decisions where the
+fused kernels are loaded: those run :func:`ops.fused_mixing.fused_mixed_forward`, which keeps
+far fewer activations for backward and computes the same numbers.
 
 :class:`PartialChannelMixedOp` is the PC-DARTS edge (Xu et al., "PC-DARTS: Partial Channel
 Connections for Memory-Efficient Architecture Search", ICLR 2020; yuhuixu1993/PC-DARTS
@@ -26,7 +28,9 @@ from typing import Sequence, Union
 import torch
 from torch import nn
 
+from ops import kernels
 from ops.candidates import Zero, build_candidate
+from ops.fused_mixing import fused_mixed_forward
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,7 @@ class MixedOp(nn.Module):
                  bn_after_pool: bool = False):
         super().__init__()
         self.candidates = tuple(candidates)
+        self.stride = stride
         ops = []
         for name in self.candidates:
             op = build_candidate(name, C, stride, affine)
@@ -121,6 +126,10 @@ class MixedOp(nn.Module):
                 decision = decision.to(x.device)
             if not self.computed:
                 return self.ops[0](x) * decision[0]
+            if kernels.fused_available(x.device):
+                fused = fused_mixed_forward(self.ops, self.computed, self.stride, x, decision)
+                if fused is not None:
+                    return fused
             weights = decision.unbind(0)
             return weighted_sum([weights[k] for k in self.computed], [self.ops[k](x) for k in self.computed])
         if isinstance(decision, int) and not isinstance(decision, bool):

@@ -1,4 +1,5 @@
-"""``oneshot info``: index, parameters and FLOPs of an architecture, or the table of a space."""
+"""``oneshot info``: index, parameters and FLOPs of an architecture, the table of a space, or
+which path the mixed-op kernels take (``--kernels``)."""
 from __future__ import annotations
 
 from oneshot.commands.common import UserError
@@ -9,11 +10,14 @@ HELP = "index, parameters and FLOPs of an architecture, or the table of a whole 
 
 def main(argv: list[str]) -> None:
     import supernets
-    from oneshot.info import describe, write_space_table
+    from oneshot.info import describe, describe_kernels, write_space_table
 
     parser = OneLineArgumentParser(prog="oneshot info", description=HELP)
-    parser.add_argument("--space", required=True, help=f"one of {', '.join(supernets.names())}")
-    what = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument("--kernels", action="store_true",
+                        help="say whether mixed ops run the fused C++/CUDA kernels or the PyTorch "
+                             "reference path, and why (needs no --space)")
+    parser.add_argument("--space", help=f"one of {', '.join(supernets.names())}")
+    what = parser.add_mutually_exclusive_group()
     what.add_argument("--arch", help="canonical string, JSON, or an arch.json file")
     what.add_argument("--genotype", help="a published architecture of the space, e.g. DARTS_V2")
     what.add_argument("--index", type=int, help="NAS-Bench-201 benchmark index")
@@ -25,6 +29,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--C", type=int, default=None, help="initial channels (DARTS evaluation: 36)")
     parser.add_argument("--layers", type=int, default=None, help="cells (DARTS evaluation: 20)")
     args = parser.parse_args(argv)
+    if args.kernels:
+        print(describe_kernels())
+        return
+    if args.space is None:
+        parser.error("--space is required (or --kernels)")
+    if args.arch is None and args.genotype is None and args.index is None and not args.all:
+        parser.error("one of --arch, --genotype, --index or --all is required")
     try:
         space = supernets.get(args.space)
     except KeyError as error:
