@@ -29,6 +29,8 @@ import supernets
 from supernets import Arch, SearchSpace
 from supernets.labels import cell_of
 
+from ops.kernels import use_fused
+
 SKIP = "skip_connect"  # the name of the identity candidate in both NB201 and DARTS
 
 
@@ -95,7 +97,9 @@ def dominant_hessian_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: Seq
         raise ValueError("dominant_hessian_eigenvalue needs at least one parameter")
     if iterations < 1:
         raise ValueError(f"iterations is {iterations}; it must be at least 1")
-    with torch.enable_grad():
+    # double backward: the fused kernels' backward ops are not differentiable, so the loss is
+    # built on the unfused path (the same numbers)
+    with torch.enable_grad(), use_fused(False):
         loss = loss_fn()
         grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]

@@ -126,7 +126,7 @@ class MixedOp(nn.Module):
                 decision = decision.to(x.device)
             if not self.computed:
                 return self.ops[0](x) * decision[0]
-            if kernels.fused_available(x.device):
+            if kernels.fused_available(x.device, x.dtype):
                 fused = fused_mixed_forward(self.ops, self.computed, self.stride, x, decision)
                 if fused is not None:
                     return fused

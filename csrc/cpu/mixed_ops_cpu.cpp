@@ -114,10 +114,10 @@ void neutral_rows(Tensor& mean, Tensor& var, const PoolKinds& kinds) {
 // loops run with the tensors' own channel strides.
 
 // Both 3x3 pools of one output pixel for all channels: sums (divided later), maxima and, where
-// asked, the position h * W + w of each channel's argmax, by ATen's tie rule.
+// asked, each channel's argmax by ATen's tie rule as a tap of the window, (h - h0) * 3 + (w - w0).
 template <bool UNIT_C, typename scalar_t, typename acc_t>
-void pool_pixel(const scalar_t* image, int64_t sc, int64_t sh, int64_t sw, int64_t W, const Window& win,
-                int64_t C, bool want_avg, bool want_max, bool want_arg, acc_t* sum, scalar_t* max, int64_t* arg) {
+void pool_pixel(const scalar_t* image, int64_t sc, int64_t sh, int64_t sw, const Window& win, int64_t C,
+                bool want_avg, bool want_max, bool want_arg, acc_t* sum, scalar_t* max, int32_t* arg) {
   const int64_t step = UNIT_C ? 1 : sc;
   const scalar_t* first = image + win.h0 * sh + win.w0 * sw;
   for (int64_t c = 0; c < C; ++c) {
@@ -125,10 +125,10 @@ void pool_pixel(const scalar_t* image, int64_t sc, int64_t sh, int64_t sw, int64
     max[c] = first[c * step];
   }
   if (want_arg)
-    for (int64_t c = 0; c < C; ++c) arg[c] = win.h0 * W + win.w0;
+    for (int64_t c = 0; c < C; ++c) arg[c] = 0;
   for (int64_t h = win.h0; h < win.h1; ++h) {
     for (int64_t w = win.w0; w < win.w1; ++w) {
-      const int64_t offset = h * W + w;
+      const int32_t tap = static_cast<int32_t>((h - win.h0) * 3 + (w - win.w0));
       const scalar_t* p = image + h * sh + w * sw;
       if (want_avg)
         for (int64_t c = 0; c < C; ++c) sum[c] += static_cast<acc_t>(p[c * step]);
@@ -137,7 +137,7 @@ void pool_pixel(const scalar_t* image, int64_t sc, int64_t sh, int64_t sw, int64
           const scalar_t v = p[c * step];
           const bool wins = replaces_max(v, max[c]);
           max[c] = wins ? v : max[c];
-          arg[c] = wins ? offset : arg[c];
+          arg[c] = wins ? tap : arg[c];
         }
       } else if (want_max) {
         for (int64_t c = 0; c < C; ++c) {
@@ -161,7 +161,7 @@ template <typename scalar_t, typename acc_t>
 struct PixelScratch {
   std::vector<acc_t> sum, a, b;
   std::vector<scalar_t> max;
-  std::vector<int64_t> arg;
+  std::vector<int32_t> arg;
   explicit PixelScratch(int64_t C) : sum(C), a(C), b(C), max(C), arg(C) {}
 };
 
@@ -195,7 +195,7 @@ void mixed_pool_forward_loops(const Tensor& x, Tensor& out, const std::vector<do
         for (int64_t ho = 0; ho < g.Ho; ++ho)
           for (int64_t wo = 0; wo < g.Wo; ++wo) {
             const Window win = window3x3(ho, wo, g.stride, g.H, g.W);
-            pool_pixel<UNIT_C>(image, xs.sc, xs.sh, xs.sw, g.W, win, C, kinds.avg, kinds.max, false, s.sum.data(),
+            pool_pixel<UNIT_C>(image, xs.sc, xs.sh, xs.sw, win, C, kinds.avg, kinds.max, false, s.sum.data(),
                                s.max.data(), s.arg.data());
             for (int64_t c = 0; c < C; ++c) {
               const double a = static_cast<double>(stored_average<scalar_t>(s.sum[c], win.count()));
@@ -230,7 +230,7 @@ void mixed_pool_forward_loops(const Tensor& x, Tensor& out, const std::vector<do
         scalar_t* o = out_image + ho * os.sh + wo * os.sw;
         const scalar_t* xp = image + ho * xs.sh + wo * xs.sw;  // the skip input (stride 1 only)
         if (pools)
-          pool_pixel<UNIT_C>(image, xs.sc, xs.sh, xs.sw, g.W, win, C, kinds.avg, kinds.max, false, s.sum.data(),
+          pool_pixel<UNIT_C>(image, xs.sc, xs.sh, xs.sw, win, C, kinds.avg, kinds.max, false, s.sum.data(),
                              s.max.data(), s.arg.data());
         for (int64_t c = 0; c < C; ++c) {
           acc_t v = acc_t(0);
@@ -306,7 +306,7 @@ std::tuple<Tensor, Tensor> mixed_pool_backward_loops(const Tensor& grad, const T
         const scalar_t* gp = gs.data + n * gs.sn + ho * gs.sh + wo * gs.sw;
         const scalar_t* xp = image + ho * xs.sh + wo * xs.sw;
         if (pools)
-          pool_pixel<UNIT_C>(image, xs.sc, xs.sh, xs.sw, g.W, win, C, kinds.avg, kinds.max, false, s.sum.data(),
+          pool_pixel<UNIT_C>(image, xs.sc, xs.sh, xs.sw, win, C, kinds.avg, kinds.max, false, s.sum.data(),
                              s.max.data(), s.arg.data());
         for (int64_t c = 0; c < C; ++c) {
           const acc_t gv = static_cast<acc_t>(gp[c * gc]);
@@ -351,7 +351,7 @@ std::tuple<Tensor, Tensor> mixed_pool_backward_loops(const Tensor& grad, const T
           for (int64_t c = 0; c < C; ++c) gxp[c * gxc] += static_cast<scalar_t>(w_skip * static_cast<acc_t>(gp[c * gc]));
         }
         if (!pools) continue;
-        pool_pixel<UNIT_C>(image, xs.sc, xs.sh, xs.sw, g.W, win, C, kinds.avg, kinds.max, kinds.max, s.sum.data(),
+        pool_pixel<UNIT_C>(image, xs.sc, xs.sh, xs.sw, win, C, kinds.avg, kinds.max, kinds.max, s.sum.data(),
                            s.max.data(), s.arg.data());
         if (kinds.avg) {
           const acc_t inv_count = acc_t(1) / static_cast<acc_t>(win.count());
@@ -366,10 +366,13 @@ std::tuple<Tensor, Tensor> mixed_pool_backward_loops(const Tensor& grad, const T
             }
         }
         if (kinds.max) {
+          int64_t tap_offset[9] = {0};  // each tap's place in this image of grad_x
+          for (int64_t h = win.h0; h < win.h1; ++h)
+            for (int64_t ww = win.w0; ww < win.w1; ++ww)
+              tap_offset[(h - win.h0) * 3 + (ww - win.w0)] = h * gxs.sh + ww * gxs.sw;
           for (int64_t c = 0; c < C; ++c) {
             const acc_t max_hat = normalized(static_cast<acc_t>(s.max[c]), mu[C + c], rstd[C + c]);
-            const int64_t h = s.arg[c] / g.W, ww = s.arg[c] % g.W;
-            gx_image[h * gxs.sh + ww * gxs.sw + c * gxc] +=
+            gx_image[tap_offset[s.arg[c]] + c * gxc] +=
                 static_cast<scalar_t>(coef[C + c](static_cast<acc_t>(gp[c * gc]), max_hat));
           }
         }
@@ -488,13 +491,14 @@ void weighted_sum_forward_loops(const Inputs<const scalar_t>& in, Tensor& out, c
     }
     normalisers(mean, var, eps, mu, rstd);
   }
-  // w_k * (y - mu) * rstd = scale * y + shift, per input and channel
-  std::vector<acc_t> scale(K * C), shift(K * C);
+  // w_k * (y - mu) * rstd = scale * (y - center), per input and channel (centred first: exact
+  // where a channel's mean is large against its spread)
+  std::vector<acc_t> scale(K * C), center(K * C);
   for (int64_t k = 0; k < K; ++k)
     for (int64_t c = 0; c < C; ++c) {
       const int64_t r = in.row[k];
       scale[k * C + c] = static_cast<acc_t>(w[k]) * (r < 0 ? acc_t(1) : rstd[r * C + c]);
-      shift[k * C + c] = r < 0 ? acc_t(0) : -scale[k * C + c] * mu[r * C + c];
+      center[k * C + c] = r < 0 ? acc_t(0) : mu[r * C + c];
     }
   const int64_t oc = UNIT_C ? 1 : os.sc;
   for_each_image(N, [&](int64_t n) {
@@ -507,8 +511,8 @@ void weighted_sum_forward_loops(const Inputs<const scalar_t>& in, Tensor& out, c
           const int64_t yc = UNIT_C ? 1 : y.sc;
           const scalar_t* yp = y.data + n * y.sn + h * y.sh + ww * y.sw;
           const acc_t* sc = scale.data() + k * C;
-          const acc_t* sh = shift.data() + k * C;
-          for (int64_t c = 0; c < C; ++c) acc[c] += sc[c] * static_cast<acc_t>(yp[c * yc]) + sh[c];
+          const acc_t* ce = center.data() + k * C;
+          for (int64_t c = 0; c < C; ++c) acc[c] += sc[c] * (static_cast<acc_t>(yp[c * yc]) - ce[c]);
         }
         scalar_t* o = os.data + n * os.sn + h * os.sh + ww * os.sw;
         for (int64_t c = 0; c < C; ++c) o[c * oc] = static_cast<scalar_t>(acc[c]);
@@ -572,13 +576,13 @@ Tensor weighted_sum_backward_loops(const Tensor& grad, const Inputs<const scalar
   for (const Tensor& t : grads) gys.push_back(write4<scalar_t>(t));
   std::vector<acc_t> mu, rstd;
   if (in.rows > 0) normalisers(mean, var, eps, mu, rstd);
-  // y_hat = a * y + b per input and channel (a = 1, b = 0 where not normalised)
+  // y_hat = a * (y - b) per input and channel (a = 1, b = 0 where not normalised)
   std::vector<acc_t> a(K * C, acc_t(1)), b(K * C, acc_t(0));
   for (int64_t k = 0; k < K; ++k)
     if (in.row[k] >= 0)
       for (int64_t c = 0; c < C; ++c) {
         a[k * C + c] = rstd[in.row[k] * C + c];
-        b[k * C + c] = -rstd[in.row[k] * C + c] * mu[in.row[k] * C + c];
+        b[k * C + c] = mu[in.row[k] * C + c];
       }
   // Without batch statistics the input gradients need no reduction: pass 1 writes them too.
   const bool batch = training && in.rows > 0;
@@ -602,7 +606,7 @@ Tensor weighted_sum_backward_loops(const Tensor& grad, const Inputs<const scalar
           const acc_t* bk = b.data() + k * C;
           double* pk = p + (1 + k) * C;
           for (int64_t c = 0; c < C; ++c)
-            pk[c] += static_cast<double>(gv[c] * (ak[c] * static_cast<acc_t>(yp[c * yc]) + bk[c]));
+            pk[c] += static_cast<double>(gv[c] * (ak[c] * (static_cast<acc_t>(yp[c * yc]) - bk[c])));
           if (!batch) {
             const auto& gy = gys[k];
             const int64_t gyc = UNIT_C ? 1 : gy.sc;
@@ -618,21 +622,17 @@ Tensor weighted_sum_backward_loops(const Tensor& grad, const Inputs<const scalar
   for (int64_t k = 0; k < K; ++k)
     for (int64_t c = 0; c < C; ++c) gw[k] += sums[(1 + k) * C + c];
   if (batch) {
-    // gy = scale * (g - mean_g - y_hat * mean_gy): with y_hat = a y + b, gy = s g + t y + u
-    std::vector<acc_t> s(K * C), t(K * C), u(K * C);
+    // gy = scale * (g - mean_g - y_hat * mean_gy) with y_hat = a * (y - b); an input that is not
+    // normalised has scale w_k and no mean terms
+    std::vector<BatchNormGrad<acc_t>> coef(K * C);
     for (int64_t k = 0; k < K; ++k)
       for (int64_t c = 0; c < C; ++c) {
         const int64_t i = k * C + c;
-        if (in.row[k] < 0) {
-          s[i] = static_cast<acc_t>(w[k]);
-          t[i] = u[i] = acc_t(0);
-          continue;
-        }
-        const BatchNormGrad<acc_t> bn{static_cast<acc_t>(w[k]) * a[i], static_cast<acc_t>(sums[c] / count),
-                                      static_cast<acc_t>(sums[(1 + k) * C + c] / count)};
-        s[i] = bn.scale;
-        t[i] = -bn.scale * bn.mean_proj * a[i];
-        u[i] = -bn.scale * (bn.mean_grad + bn.mean_proj * b[i]);
+        if (in.row[k] < 0)
+          coef[i] = {static_cast<acc_t>(w[k]), acc_t(0), acc_t(0)};
+        else
+          coef[i] = {static_cast<acc_t>(w[k]) * a[i], static_cast<acc_t>(sums[c] / count),
+                     static_cast<acc_t>(sums[(1 + k) * C + c] / count)};
       }
     for_each_image(N, [&](int64_t n) {
       for (int64_t h = 0; h < H; ++h)
@@ -644,12 +644,12 @@ Tensor weighted_sum_backward_loops(const Tensor& grad, const Inputs<const scalar
             const int64_t yc = UNIT_C ? 1 : y.sc, gyc = UNIT_C ? 1 : gy.sc;
             const scalar_t* yp = y.data + n * y.sn + h * y.sh + ww * y.sw;
             scalar_t* gyp = gy.data + n * gy.sn + h * gy.sh + ww * gy.sw;
-            const acc_t* sk = s.data() + k * C;
-            const acc_t* tk = t.data() + k * C;
-            const acc_t* uk = u.data() + k * C;
+            const BatchNormGrad<acc_t>* ck = coef.data() + k * C;
+            const acc_t* ak = a.data() + k * C;
+            const acc_t* bk = b.data() + k * C;
             for (int64_t c = 0; c < C; ++c)
-              gyp[c * gyc] = static_cast<scalar_t>(sk[c] * static_cast<acc_t>(gp[c * gc]) +
-                                                   tk[c] * static_cast<acc_t>(yp[c * yc]) + uk[c]);
+              gyp[c * gyc] = static_cast<scalar_t>(
+                  ck[c](static_cast<acc_t>(gp[c * gc]), ak[c] * (static_cast<acc_t>(yp[c * yc]) - bk[c])));
           }
         }
     });

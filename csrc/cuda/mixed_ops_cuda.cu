@@ -11,6 +11,8 @@
 //   covers it, recomputes that output's pools and adds its share (for max pooling only where
 //   the element is that window's argmax), so each gradient element is written once.
 // * Statistics, normalisers and the weight gradients stay on the device: no host sync.
+// * weighted_sum passes its inputs' pointers and strides as kernel arguments: at most
+//   kMaxInputs (32) inputs per call (checked).
 // Light CUDA headers only (no ATen/cuda/CUDAContext.h, which needs cuBLAS/cuSPARSE headers).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>

@@ -88,11 +88,17 @@ def status() -> KernelStatus:
     return _status
 
 
-def fused_available(device: torch.device | str) -> bool:
-    """Whether mixed ops on ``device`` take the fused path now (library loaded, a kernel for
-    that device type, and the switch on)."""
+# dtypes each device's kernels take (csrc/checks.h check_dtype)
+KERNEL_DTYPES = {"cpu": (torch.float32, torch.float64),
+                 "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
+
+
+def fused_available(device: torch.device | str, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether mixed ops on ``device`` with ``dtype`` tensors take the fused path now (library
+    loaded, a kernel for that device type and dtype, and the switch on)."""
     device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
-    return _fused_enabled and device_type in status().devices
+    return (_fused_enabled and device_type in status().devices
+            and dtype in KERNEL_DTYPES.get(device_type, ()))
 
 
 @contextlib.contextmanager
@@ -113,7 +119,7 @@ def mixed_pool(x: torch.Tensor, weights: torch.Tensor, kinds: Sequence[int], str
     """The parameter-free candidates of an edge in one pass: see
     :func:`ops.kernels.reference.mixed_pool`. Differentiable in ``x`` and ``weights``; the fused
     kernel saves nothing for backward but those and the statistics."""
-    if fused_available(x.device):
+    if fused_available(x.device, x.dtype):
         return torch.ops.oneshot.mixed_pool(x, weights, list(kinds), stride, batchnorm, training,
                                             running_mean, running_var, eps)
     return reference.mixed_pool(x, weights, kinds, stride, batchnorm, training, running_mean, running_var, eps)
@@ -125,7 +131,7 @@ def weighted_sum(inputs: Sequence[torch.Tensor], weights: torch.Tensor, normaliz
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The weighted sum of candidate outputs, each optionally batch-normalised: see
     :func:`ops.kernels.reference.weighted_sum`. Differentiable in ``inputs`` and ``weights``."""
-    if fused_available(inputs[0].device):
+    if fused_available(inputs[0].device, inputs[0].dtype):
         return torch.ops.oneshot.weighted_sum(list(inputs), weights, [bool(b) for b in normalize], training,
                                               running_mean, running_var, eps)
     return reference.weighted_sum(inputs, weights, normalize, training, running_mean, running_var, eps)

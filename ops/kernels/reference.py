@@ -35,12 +35,14 @@ def mixed_pool(x: torch.Tensor, weights: torch.Tensor, kinds: Sequence[int], str
 
     Returns:
         the output and the statistics the pools were normalised with, [2, C] each (rows: avg,
-        max; biased batch variance when ``training``, else the running statistics; an absent
-        pool's row is mean 0, variance 1; empty tensors without batch norm).
+        max; biased batch variance when ``training``, an absent pool's row then mean 0,
+        variance 1; else a copy of the running statistics; empty tensors without batch norm).
     """
     C = x.shape[1]
     mean = x.new_zeros(2, C) if batchnorm else x.new_empty(0)
     var = x.new_ones(2, C) if batchnorm else x.new_empty(0)
+    if batchnorm and not training:  # the running statistics as given, every row
+        mean, var = running_mean.to(x.dtype).clone(), running_var.to(x.dtype).clone()
     total = None
     for i, kind in enumerate(kinds):
         if kind == SKIP:

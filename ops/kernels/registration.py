@@ -22,7 +22,7 @@ def _pooled(size: int, stride: int) -> int:
 
 def _fake_mixed_pool(x, weights, kinds, stride, batchnorm, training, running_mean, running_var, eps):
     N, C, H, W = x.shape
-    out = x.new_empty((N, C, _pooled(H, stride), _pooled(W, stride)),
+    out = torch.empty((N, C, _pooled(H, stride), _pooled(W, stride)), dtype=x.dtype, device=x.device,
                       memory_format=suggest_memory_format(x))
     stats = (2, C) if batchnorm else (0,)
     return out, x.new_empty(stats), x.new_empty(stats)
@@ -76,6 +76,16 @@ def _weighted_sum_backward(ctx: Any, grad: torch.Tensor, _grad_mean: Any, _grad_
     return list(grad_inputs), grad_weights, None, None, None, None, None
 
 
+def _no_double_backward(ctx: Any, *grads: Any):
+    raise RuntimeError("oneshot: differentiating the fused kernels' backward (double backward, e.g. a "
+                       "Hessian-vector product) is not supported; build that graph inside "
+                       "`ops.kernels.use_fused(False)`, which computes the same numbers")
+
+
+def _setup_nothing(ctx: Any, inputs: Sequence[Any], output: Any) -> None:
+    pass
+
+
 def register() -> None:
     """Register fake and autograd implementations; idempotent. The library must be loaded."""
     global _registered
@@ -89,4 +99,6 @@ def register() -> None:
                                     setup_context=_setup_mixed_pool)
     torch.library.register_autograd("oneshot::weighted_sum", _weighted_sum_backward,
                                     setup_context=_setup_weighted_sum)
+    for op in ("oneshot::mixed_pool_backward", "oneshot::weighted_sum_backward"):  # loud, not silently wrong
+        torch.library.register_autograd(op, _no_double_backward, setup_context=_setup_nothing)
     _registered = True

@@ -363,3 +363,45 @@ def test_single_path_decisions_skip_the_fused_ops(decision, edge, fused_calls):
     if "cpu" in kernels.status().devices:  # control: a dense decision on the same edge does use them
         assert _oneshot_ops_run(lambda: op(x, soft.detach()))
         assert fused_calls == [True]
+
+
+# ---------------------------------------------------------------------------------------------
+# What the fused path must not change: second derivatives, other dtypes
+
+
+@pytest.mark.parametrize("edge", ["darts-s1", "nb201"])
+def test_hessian_of_alphas_equals_unfused(edge, fused):
+    """The R-DARTS eigenvalue (``hessian_every``) takes Hessian-vector products by double
+    backward; through the fused ops they must equal the unfused ones (or raise), not be silently
+    different."""
+    from oneshot.diagnostics import dominant_hessian_eigenvalue
+
+    torch.manual_seed(4)
+    op, C = EDGES[edge]()
+    op = op.double()
+    x = torch.randn(4, C, 6, 6, dtype=torch.float64)
+    upstream = torch.randn(4, C, 6, 6, dtype=torch.float64)
+    alpha = torch.randn(len(op.ops), dtype=torch.float64, requires_grad=True)
+
+    def loss():
+        return (op(x, torch.softmax(alpha, 0)) * upstream).square().sum()
+
+    values = []
+    for use_fused in (True, False):
+        with kernels.use_fused(use_fused):
+            values.append(dominant_hessian_eigenvalue(loss, [alpha], iterations=5,
+                                                      generator=torch.Generator().manual_seed(0)))
+    assert values[0] == pytest.approx(values[1], rel=1e-9)
+
+
+def test_half_precision_edge_on_cpu_runs(fused):
+    """The CPU kernels take float32/float64 only: a bfloat16 edge must still run (unfused), as it
+    does with the fused path off, instead of raising from the kernel's dtype check."""
+    torch.manual_seed(5)
+    op, C = _darts_edge(1)
+    op = op.bfloat16()
+    x = torch.randn(2, C, 6, 6).bfloat16()
+    w = torch.softmax(torch.randn(len(op.ops)), 0).bfloat16()
+    with kernels.use_fused(False):
+        expected = op(x, w)
+    assert torch.equal(op(x, w), expected)
