@@ -75,3 +75,34 @@ def test_bad_input_is_named(argv, message, capsys):
         main(["info", *argv])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_kernels_says_which_path_and_why(capsys):
+    from ops import kernels
+
+    main(["info", "--kernels"])
+    out = capsys.readouterr().out
+    status = kernels.status()
+    assert out.startswith(f"mixed-op kernels: {status.path}")
+    assert f"why: {status.reason}" in out
+    assert "ONESHOT_KERNELS=reference" in out
+
+
+def test_kernels_under_the_reference_switch(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, ONESHOT_KERNELS="reference")
+    done = subprocess.run([sys.executable, "-m", "oneshot", "info", "--kernels"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("mixed-op kernels: reference")
+    assert "ONESHOT_KERNELS=reference: the library is not loaded" in done.stdout
+
+
+def test_info_without_space_or_kernels_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["info"])
+    assert exit_info.value.code == 2
+    assert "--space is required (or --kernels)" in capsys.readouterr().err
