@@ -81,8 +81,15 @@ if REPO_ROOT not in sys.path:
 SPACES = ("darts", "nb201", "spos")
 CELL_ALGORITHMS = ("darts", "pcdarts", "gdas", "rsps")
 ALGORITHMS = (*CELL_ALGORITHMS, "enas", "spos")
+# The DARTS variants (not in the default run): row name -> (algorithm, options). Their weight step,
+# what it costs next to DARTS's: SDARTS-ADV's includes its 7-step PGD attack on the batch.
+VARIANTS = {"sdarts_rs": ("sdarts", {"perturbation": "random"}),
+            "sdarts_adv": ("sdarts", {"perturbation": "adversarial"}),
+            "darts_minus": ("darts_minus", {}), "fairdarts": ("fairdarts", {}),
+            "drnas": ("drnas", {}), "snas": ("snas", {"edge_drop_path": 0.3, "edge_drop_path_schedule": "constant"})}
 # ENAS's controller serves NB201 (one token per edge), not the DARTS space's node pairs
-SPACE_ALGORITHMS = {"darts": CELL_ALGORITHMS, "nb201": (*CELL_ALGORITHMS, "enas"), "spos": ("spos",)}
+SPACE_ALGORITHMS = {"darts": (*CELL_ALGORITHMS, *VARIANTS), "nb201": (*CELL_ALGORITHMS, "enas", *VARIANTS),
+                    "spos": ("spos",)}
 IMPLEMENTATIONS = ("ours", "xautodl")
 KERNEL_VARIANTS = ("fused", "unfused", "compile")
 XAUTODL_ALGORITHMS = ("darts", "gdas")  # the xautodl search models compared here
@@ -112,9 +119,13 @@ Built = tuple[nn.Module, list[nn.Parameter], list[nn.Parameter],
 def build_ours(space: str, algorithm: str, device: torch.device, kernels: str = "fused") -> Built:
     from oneshot.algorithms import ALGORITHMS as CLASSES
 
-    model = CLASSES[algorithm](space=space, num_classes=NUM_CLASSES, in_channels=INPUT_SHAPE[0],
-                               memory_format=MEMORY_FORMAT).to(device)
+    name, options = VARIANTS.get(algorithm, (algorithm, {}))
+    model = CLASSES[name](space=space, num_classes=NUM_CLASSES, in_channels=INPUT_SHAPE[0],
+                          memory_format=MEMORY_FORMAT, **options).to(device)
     model.on_fit_start()  # what a fit does first: the supernet in the chosen memory format
+    if hasattr(model.supernet, "edge_drop_path_prob"):  # what the first epoch sets (SNAS: constant)
+        model.supernet.edge_drop_path_prob = model.hparams.get("edge_drop_path", 0.0) if \
+            model.hparams.get("edge_drop_path_schedule") == "constant" else 0.0
     if kernels == "compile":  # what a user would try instead of fused kernels: inductor, unfused ops
         model.supernet = torch.compile(model.supernet)
     steps = iter(range(1, 2**31))
@@ -122,7 +133,7 @@ def build_ours(space: str, algorithm: str, device: torch.device, kernels: str = 
     def step_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # a fresh GDAS/RSPS/ENAS sample per step; SPOS keeps one path: the single row's (spos_path)
         os.environ["PL_GLOBAL_SEED"] = "0" if space == "spos" else str(next(steps))
-        return model.loss_and_accuracy((x, y), model.decisions_for_weight_step())[0]
+        return model.loss_and_accuracy((x, y), model.weight_decisions((x, y)))[0]
 
     note = f"{type(model).__name__}, input {str(model.input_memory_format()).split('.')[-1]}"
     arch_params = model.architecture_parameters() if hasattr(model, "architecture_parameters") else []
@@ -440,8 +451,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--spaces", nargs="+", choices=SPACES, default=list(SPACES))
-    parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS),
-                        help="our algorithms to measure (xautodl rows: darts and gdas among them)")
+    parser.add_argument("--algorithms", nargs="+", choices=(*ALGORITHMS, *VARIANTS), default=list(ALGORITHMS),
+                        help="our algorithms to measure (xautodl rows: darts and gdas among them); the DARTS "
+                             "variants (sdarts_rs, sdarts_adv, darts_minus, fairdarts, drnas, snas) on request")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: default)")
     parser.add_argument("--memory-format", choices=("channels_last", "contiguous"), default="channels_last",
                         help="layout of our supernet (SupernetTraining memory_format; auto = channels_last on CPU)")

@@ -46,6 +46,15 @@ def describe(space: SearchSpace, arch: str | None = None, genotype: str | None =
         lines.append("network: " + ", ".join(f"{k}={v}" for k, v in options.items()))
     lines += [f"params:  {cost['params']:,} ({cost['params'] / 1e6:.6f} M, auxiliary head excluded)",
               f"FLOPs:   {cost['macs'] / 1e6:.2f} M multiply-adds per image ({cost['flops'] / 1e6:.2f} M FLOPs)"]
+    meta = getattr(space, "genotype_meta", {}).get(genotype or "") if genotype else None
+    if meta:
+        lines.append(f"source:  {meta['source']}")
+        reported = [f"{meta['params_m']} M params" if meta.get("params_m") else "",
+                    f"{meta['test_error']}% CIFAR-10 test error" if meta.get("test_error") else ""]
+        if any(reported):
+            lines.append("reported: " + ", ".join(r for r in reported if r))
+        if meta.get("note"):
+            lines.append(f"note:    {meta['note']}")
     return "\n".join(lines)
 
 

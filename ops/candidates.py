@@ -10,6 +10,8 @@ names. Constructions follow the reference code exactly:
 
 Search-time BN after pooling (DARTS ``MixedOp``) is not part of the op: the DARTS space adds it
 when it builds a mixed op, as the reference does, so stand-alone networks stay exact.
+:func:`drop_path` (DARTS ``utils.drop_path``) is shared by the evaluation cells and the search
+cells that drop whole edge outputs (R-DARTS, SNAS).
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from typing import Callable
 
 import torch
 from torch import nn
+
+from ops.polyphase import DilatedDepthwiseConv2d
 
 OpFactory = Callable[[int, int, bool], nn.Module]
 _REGISTRY: dict[str, OpFactory] = {}
@@ -88,14 +92,18 @@ class ReLUConvBN(nn.Sequential):
 
 
 class DilConv(nn.Sequential):
-    """ReLU -> depthwise k x k conv (dilated) -> pointwise 1x1 conv -> BN (DARTS ``DilConv``)."""
+    """ReLU -> depthwise k x k conv (dilated) -> pointwise 1x1 conv -> BN (DARTS ``DilConv``).
+
+    A dilated depthwise conv is a :class:`DilatedDepthwiseConv2d`: the same parameters, run
+    over polyphase components on the CPU where that is exact (several times faster there).
+    """
 
     def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int,
                  dilation: int, affine: bool = True):
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_in, kernel_size, stride, padding, dilation=dilation, groups=C_in,
-                      bias=False),
+            (DilatedDepthwiseConv2d if dilation > 1 else nn.Conv2d)(
+                C_in, C_in, kernel_size, stride, padding, dilation=dilation, groups=C_in, bias=False),
             nn.Conv2d(C_in, C_out, 1, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )
@@ -167,3 +175,15 @@ register_candidate("nor_conv_1x1")(
     lambda C, stride, affine: ReLUConvBN(C, C, 1, stride, 0, affine=affine, bias=not affine))
 register_candidate("nor_conv_3x3")(
     lambda C, stride, affine: ReLUConvBN(C, C, 3, stride, 1, affine=affine, bias=not affine))
+
+
+def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    """Zero whole samples with probability ``drop_prob`` and scale survivors by 1 / keep_prob.
+
+    One Bernoulli draw per sample (DARTS ``utils.drop_path``), so the expected output equals x.
+    """
+    if drop_prob <= 0.0:
+        return x
+    keep_prob = 1.0 - drop_prob
+    mask = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(keep_prob)
+    return x / keep_prob * mask

@@ -32,7 +32,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from ops.candidates import FactorizedReduce, Identity, ReLUConvBN, build_candidate
+from ops.candidates import FactorizedReduce, Identity, ReLUConvBN, build_candidate, drop_path
 from ops.mixed import MixedOp, PartialChannelMixedOp, SampledPath
 from supernets.registry import register
 from supernets.base import Arch, SearchSpace, Supernet, check_edge_weights
@@ -74,18 +74,6 @@ EDGE_LABELS: tuple[str, ...] = tuple(edge_labels())
 NODE_LABELS: tuple[str, ...] = tuple(node_labels())
 
 
-def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
-    """Zero whole samples with probability ``drop_prob`` and scale survivors by 1 / keep_prob.
-
-    One Bernoulli draw per sample (DARTS ``utils.drop_path``), so the expected output equals x.
-    """
-    if drop_prob <= 0.0:
-        return x
-    keep_prob = 1.0 - drop_prob
-    mask = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(keep_prob)
-    return x / keep_prob * mask
-
-
 # ---------------------------------------------------------------------------------------------
 # Supernet (model_search.py)
 
@@ -102,7 +90,7 @@ class SearchCell(nn.Module):
 
     def __init__(self, cell_type: str, steps: int, multiplier: int, C_prev_prev: int, C_prev: int,
                  C: int, reduction: bool, reduction_prev: bool, affine: bool = False,
-                 partial_channels: int = 1, bn_after_pool: bool = True):
+                 partial_channels: int = 1, bn_after_pool: bool = True, auxiliary_skip: bool = False):
         super().__init__()
         self.cell_type = cell_type
         self.reduction = reduction
@@ -113,10 +101,12 @@ class SearchCell(nn.Module):
         else:
             self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=affine)
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=affine)
-        mixed_ops, meta = [], []
+        mixed_ops, auxiliary_ops, meta = [], [], []
         for i in range(2, 2 + steps):
             for j in range(i):
                 stride = 2 if reduction and j < 2 else 1  # only the cell inputs are strided
+                # DARTS- model_search.py MixedOp: its own FactorizedReduce on strided edges
+                auxiliary_ops.append(FactorizedReduce(C, C, affine=False) if stride == 2 else Identity())
                 mixed_ops.append(
                     MixedOp(PRIMITIVES, C, stride, affine=affine, bn_after_pool=bn_after_pool)
                     if partial_channels == 1 else
@@ -125,16 +115,23 @@ class SearchCell(nn.Module):
                                           partial_channels=partial_channels))
                 meta.append((edge_label(f"{cell_type}/{i}", j), j, j == i - 1))
         self.mixed_ops = nn.ModuleList(mixed_ops)
+        self.auxiliary_ops = nn.ModuleList(auxiliary_ops) if auxiliary_skip else None
         self.edge_meta: tuple[tuple[str, int, bool], ...] = tuple(meta)
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor,
-                decisions: Mapping[str, EdgeDecision]) -> torch.Tensor:
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, decisions: Mapping[str, EdgeDecision],
+                drop_prob: float = 0.0, auxiliary_weight: float = 0.0) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         node: torch.Tensor | None = None
-        for op, (label, j, closes_node) in zip(self.mixed_ops, self.edge_meta):
+        auxiliary = self.auxiliary_ops if self.auxiliary_ops is not None and auxiliary_weight else None
+        drop = self.training and drop_prob > 0.0
+        for k, (op, (label, j, closes_node)) in enumerate(zip(self.mixed_ops, self.edge_meta)):
             decision = decisions[label]
             if decision is not None:  # None: the edge is absent from a discrete genotype
                 out = op(states[j], decision)
+                if auxiliary is not None:  # DARTS-: beta * skip(x) outside the softmax
+                    out = out + auxiliary_weight * auxiliary[k](states[j])
+                if drop:  # R-DARTS / SNAS: drop path on every edge's output
+                    out = drop_path(out, drop_prob)
                 node = out if node is None else node + out
             if closes_node:
                 if node is None:
@@ -158,13 +155,22 @@ class DartsSupernet(Supernet):
     ``cell_operations.POOLING``). ``last_activation`` (default False, DARTS) adds xautodl
     ``NASNetworkGDAS.lastact``, an affine BN + ReLU on the last cell's output before the global
     pooling. The defaults leave DARTS's parameters and state dict keys unchanged.
+
+    Two attributes that algorithms set between steps, read at every forward (0 = off):
+    ``edge_drop_path_prob`` drops whole samples of every edge's output in training (R-DARTS's
+    ScheduledDropPath, SNAS's search drop path), and ``auxiliary_skip_weight`` is DARTS-'s beta,
+    the weight of the auxiliary skip that ``auxiliary_skip=True`` adds to every edge outside the
+    softmax (an identity; on strided edges its own affine-free FactorizedReduce, as DARTS-'s
+    ``MixedOp.auxiliary_op``).
     """
 
     def __init__(self, num_classes: int = 10, C: int = 16, layers: int = 8, steps: int = 4,
                  multiplier: int = 4, stem_multiplier: int = 3, affine: bool = False,
                  in_channels: int = 3, partial_channels: int = 1, bn_after_pool: bool = True,
-                 last_activation: bool = False):
+                 last_activation: bool = False, auxiliary_skip: bool = False):
         super().__init__()
+        self.edge_drop_path_prob = 0.0
+        self.auxiliary_skip_weight = 1.0 if auxiliary_skip else 0.0
         self.choices: dict[str, tuple[str, ...]] = {label: PRIMITIVES for label in edge_labels(steps)}
         self.steps, self.multiplier = steps, multiplier
         C_curr = stem_multiplier * C
@@ -179,7 +185,7 @@ class DartsSupernet(Supernet):
                 C_curr *= 2
             cells.append(SearchCell("reduce" if reduction else "normal", steps, multiplier,
                                     C_prev_prev, C_prev, C_curr, reduction, reduction_prev, affine,
-                                    partial_channels, bn_after_pool))
+                                    partial_channels, bn_after_pool, auxiliary_skip))
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
         self.cells = nn.ModuleList(cells)
@@ -193,7 +199,7 @@ class DartsSupernet(Supernet):
         s0 = s1 = self.stem(x)
         try:
             for cell in self.cells:
-                s0, s1 = s1, cell(s0, s1, decisions)
+                s0, s1 = s1, cell(s0, s1, decisions, self.edge_drop_path_prob, self.auxiliary_skip_weight)
         except KeyError:
             self.check_decisions(decisions)  # a KeyError naming the missing labels, if any
             raise
@@ -206,43 +212,67 @@ class DartsSupernet(Supernet):
 # Stand-alone network (model.py)
 
 
-class Cell(nn.Module):
-    """A discrete DARTS cell built from a genotype, with affine BN (model.py ``Cell``).
+def node_groups(genotype: Sequence[GenotypeEntry] | Sequence[Sequence[GenotypeEntry]]
+                ) -> list[list[GenotypeEntry]]:
+    """A cell's entries per intermediate node: a flat DARTS list (two per node) is chunked."""
+    entries = list(genotype)
+    if entries and isinstance(entries[0], tuple) and len(entries[0]) == 2 and isinstance(entries[0][0], str):
+        return [list(entries[k:k + 2]) for k in range(0, len(entries), 2)]
+    return [list(node) for node in entries]
 
-    Drop path applies to every op output except :class:`~ops.candidates.Identity`.
+
+class Cell(nn.Module):
+    """A discrete cell built from a genotype, with affine BN.
+
+    ``sparse=False``: DARTS's cell (model.py ``Cell``): two entries per node, nodes 2..5
+    concatenated, drop path on every op output except :class:`~ops.candidates.Identity`.
+    ``sparse=True``: FairDARTS's cell (xiaomi-automl/FairDARTS ``fairdarts/model.py``
+    ``DCOCell``): a node holds 0 to 2 entries; only nodes with an entry exist and are
+    concatenated (so the cell outputs ``multiplier = len(nodes) * C`` channels); an entry reading
+    a node that does not exist is skipped; drop path applies once per node to its sum, Identity
+    included.
     """
 
-    def __init__(self, genotype: Sequence[GenotypeEntry], C_prev_prev: int, C_prev: int, C: int,
-                 reduction: bool, reduction_prev: bool, concat: Sequence[int] = CONCAT):
+    def __init__(self, genotype: Sequence[GenotypeEntry] | Sequence[Sequence[GenotypeEntry]],
+                 C_prev_prev: int, C_prev: int, C: int, reduction: bool, reduction_prev: bool,
+                 concat: Sequence[int] = CONCAT, sparse: bool = False):
         super().__init__()
         if reduction_prev:
             self.preprocess0: nn.Module = FactorizedReduce(C_prev_prev, C)
         else:
             self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0)
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0)
-        self.reduction = reduction
-        self.concat = tuple(concat)
+        self.reduction, self.sparse = reduction, sparse
+        nodes = node_groups(genotype)
+        built = {0, 1} | {2 + n for n, node in enumerate(nodes) if node}
+        self.concat = tuple(2 + n for n, node in enumerate(nodes) if node) if sparse else tuple(concat)
         self.multiplier = len(self.concat)
-        ops, meta = [], []
-        for k, (name, j) in enumerate(genotype):
-            op = build_candidate(name, C, 2 if reduction and j < 2 else 1, True)
-            ops.append(op)
-            meta.append((j, not isinstance(op, Identity), k % 2 == 1))  # two entries per node
+        if not self.multiplier:
+            raise ValueError("the cell keeps no node (every node lost its inputs at the threshold); "
+                             "it has no output to build a network from")
+        ops, meta = [], []  # meta: (node, input, droppable, closes the node)
+        for n, node in enumerate(nodes):
+            live = [(name, j) for name, j in node if j in built] if sparse else node
+            if not live and (node or not sparse):
+                raise ValueError(f"node {2 + n} has no input it can read ({node}): a DARTS cell needs "
+                                 "entries for every node; a FairDARTS cell an entry from a node that exists")
+            for k, (name, j) in enumerate(live):
+                op = build_candidate(name, C, 2 if reduction and j < 2 else 1, True)
+                ops.append(op)
+                meta.append((2 + n, j, not isinstance(op, Identity), k == len(live) - 1))
         self.ops = nn.ModuleList(ops)
-        self.op_meta: tuple[tuple[int, bool, bool], ...] = tuple(meta)
+        self.op_meta: tuple[tuple[int, int, bool, bool], ...] = tuple(meta)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        states = {0: self.preprocess0(s0), 1: self.preprocess1(s1)}
         use_drop = self.training and drop_prob > 0.0
-        node: torch.Tensor | None = None
-        for op, (j, droppable, closes_node) in zip(self.ops, self.op_meta):
+        for op, (node, j, droppable, closes_node) in zip(self.ops, self.op_meta):
             out = op(states[j])
-            if use_drop and droppable:
+            if use_drop and droppable and not self.sparse:
                 out = drop_path(out, drop_prob)
-            node = out if node is None else node + out
-            if closes_node:
-                states.append(node)
-                node = None
+            states[node] = out if node not in states else states[node] + out
+            if closes_node and use_drop and self.sparse:  # DCOCell: once per node, on its sum
+                states[node] = drop_path(states[node], drop_prob)
         return torch.cat([states[i] for i in self.concat], dim=1)
 
 
@@ -276,18 +306,20 @@ class AuxiliaryHeadCIFAR(AuxiliaryHead):
         super().__init__(C, num_classes, pool_stride=3, bn_after_conv=True)
 
 
-def stack_cells(genotype: Mapping[str, Sequence[GenotypeEntry]], C: int, layers: int, C_prev_prev: int,
-                C_prev: int, reduction_prev: bool, aux_position: int) -> tuple[nn.ModuleList, int, int]:
+def stack_cells(genotype: Mapping[str, Sequence[Any]], C: int, layers: int, C_prev_prev: int,
+                C_prev: int, reduction_prev: bool, aux_position: int, sparse: bool = False
+                ) -> tuple[nn.ModuleList, int, int]:
     """The cells of an evaluation network (model.py ``NetworkCIFAR``/``NetworkImageNet``):
-    reductions at layers//3 and 2*layers//3 double the channels. Returns the cells, the output
-    channels of the last cell and of cell ``aux_position`` (the auxiliary head's input)."""
+    reductions at layers//3 and 2*layers//3 double the channels; ``sparse`` builds FairDARTS's
+    cells (:class:`Cell`). Returns the cells, the output channels of the last cell and of cell
+    ``aux_position`` (the auxiliary head's input)."""
     cells, C_curr, C_aux = [], C, C_prev
     for i in range(layers):
         reduction = i in (layers // 3, 2 * layers // 3)
         if reduction:
             C_curr *= 2
         cell = Cell(genotype["reduce" if reduction else "normal"], C_prev_prev, C_prev, C_curr,
-                    reduction, reduction_prev)
+                    reduction, reduction_prev, sparse=sparse)
         cells.append(cell)
         reduction_prev = reduction
         C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
@@ -318,9 +350,10 @@ class NetworkCIFAR(nn.Module):
     ``(logits, aux_logits)`` when the auxiliary head exists and the module is training.
     """
 
-    def __init__(self, genotype: Mapping[str, Sequence[GenotypeEntry]], num_classes: int = 10,
+    def __init__(self, genotype: Mapping[str, Sequence[Any]], num_classes: int = 10,
                  C: int = 36, layers: int = 20, auxiliary: bool = False,
-                 drop_path_prob: float = 0.0, in_channels: int = 3, stem_multiplier: int = 3):
+                 drop_path_prob: float = 0.0, in_channels: int = 3, stem_multiplier: int = 3,
+                 sparse: bool = False):
         super().__init__()
         self.drop_path_prob = drop_path_prob
         self.auxiliary = auxiliary
@@ -328,8 +361,8 @@ class NetworkCIFAR(nn.Module):
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
                                   nn.BatchNorm2d(C_curr))
-        self.cells, C_prev, C_aux = stack_cells(genotype, C, layers, C_curr, C_curr,
-                                                reduction_prev=False, aux_position=self.aux_position)
+        self.cells, C_prev, C_aux = stack_cells(genotype, C, layers, C_curr, C_curr, reduction_prev=False,
+                                                aux_position=self.aux_position, sparse=sparse)
         if auxiliary:
             self.auxiliary_head = AuxiliaryHeadCIFAR(C_aux, num_classes)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -363,9 +396,9 @@ class NetworkImageNet(nn.Module):
     (as in DARTS). ``drop_path_prob`` and ``forward`` behave as in :class:`NetworkCIFAR`.
     """
 
-    def __init__(self, genotype: Mapping[str, Sequence[GenotypeEntry]], num_classes: int = 1000,
+    def __init__(self, genotype: Mapping[str, Sequence[Any]], num_classes: int = 1000,
                  C: int = 48, layers: int = 14, auxiliary: bool = False,
-                 drop_path_prob: float = 0.0, in_channels: int = 3):
+                 drop_path_prob: float = 0.0, in_channels: int = 3, sparse: bool = False):
         super().__init__()
         self.drop_path_prob = drop_path_prob
         self.auxiliary = auxiliary
@@ -384,7 +417,7 @@ class NetworkImageNet(nn.Module):
         )
         # reduction_prev: stem0's output is twice stem1's resolution, so cell 0 reduces its s0
         self.cells, C_prev, C_aux = stack_cells(genotype, C, layers, C, C, reduction_prev=True,
-                                                aux_position=self.aux_position)
+                                                aux_position=self.aux_position, sparse=sparse)
         if auxiliary:
             self.auxiliary_head = AuxiliaryHeadImageNet(C_aux, num_classes)
         self.global_pooling = nn.AvgPool2d(7)  # model.py: a fixed 7x7 pool, not adaptive
@@ -399,9 +432,10 @@ NETWORKS: dict[str, type[nn.Module]] = {"cifar": NetworkCIFAR, "imagenet": Netwo
 
 
 # ---------------------------------------------------------------------------------------------
-# Published genotypes (two (op, input) entries per node, nodes 2..5, concat [2, 3, 4, 5])
+# Published genotypes (two (op, input) entries per node, nodes 2..5, concat [2, 3, 4, 5]; FairDARTS's
+# (op, to, from) entries, 0 to 2 per node)
 
-_PUBLISHED: dict[str, dict[str, list[GenotypeEntry]]] = {
+_PUBLISHED: dict[str, dict[str, list[tuple[Any, ...]]]] = {
     # quark0/darts@f276dd3 cnn/genotypes.py DARTS_V1 (first order)
     "DARTS_V1": {
         "normal": [("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 0), ("sep_conv_3x3", 1),
@@ -432,6 +466,86 @@ _PUBLISHED: dict[str, dict[str, list[GenotypeEntry]]] = {
         "reduce": [("sep_conv_5x5", 0), ("sep_conv_3x3", 1), ("sep_conv_5x5", 2), ("sep_conv_5x5", 1),
                    ("dil_conv_5x5", 2), ("sep_conv_3x3", 1), ("sep_conv_5x5", 0), ("sep_conv_5x5", 1)],
     },
+
+    # chenxin061/pdarts@b880e87 genotypes.py PDARTS
+    "PDARTS": {
+        "normal": [("skip_connect", 0), ("dil_conv_3x3", 1), ("skip_connect", 0), ("sep_conv_3x3", 1),
+                   ("sep_conv_3x3", 1), ("sep_conv_3x3", 3), ("sep_conv_3x3", 0), ("dil_conv_5x5", 4)],
+        "reduce": [("avg_pool_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_3x3", 0), ("dil_conv_5x5", 2),
+                   ("max_pool_3x3", 0), ("dil_conv_3x3", 1), ("dil_conv_3x3", 1), ("dil_conv_5x5", 3)],
+    },
+    # xiangning-chen/SmoothDARTS@d3dbfed sota/cnn/genotypes.py c10_s5_random (SDARTS-RS)
+    "SDARTS_RS": {
+        "normal": [("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_5x5", 1), ("skip_connect", 0),
+                   ("sep_conv_3x3", 3), ("skip_connect", 1), ("sep_conv_3x3", 1), ("dil_conv_3x3", 2)],
+        "reduce": [("max_pool_3x3", 0), ("sep_conv_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 0),
+                   ("dil_conv_5x5", 3), ("max_pool_3x3", 0), ("sep_conv_3x3", 2), ("sep_conv_5x5", 3)],
+    },
+    # xiangning-chen/SmoothDARTS@d3dbfed sota/cnn/genotypes.py c10_s5_pgd (SDARTS-ADV)
+    "SDARTS_ADV": {
+        "normal": [("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 1), ("skip_connect", 0),
+                   ("sep_conv_5x5", 0), ("dil_conv_3x3", 3), ("dil_conv_3x3", 4), ("skip_connect", 0)],
+        "reduce": [("max_pool_3x3", 0), ("sep_conv_5x5", 1), ("skip_connect", 2), ("max_pool_3x3", 0),
+                   ("skip_connect", 3), ("skip_connect", 2), ("skip_connect", 2), ("sep_conv_5x5", 4)],
+    },
+    # Meituan-AutoML/DARTS-@adb81a8 src/eval/genotypes.py cifar10_s0_best = cifar10_s0_0
+    "DARTS_MINUS": {
+        "normal": [("sep_conv_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_3x3", 1), ("dil_conv_3x3", 2),
+                   ("skip_connect", 1), ("sep_conv_3x3", 0), ("skip_connect", 1), ("sep_conv_3x3", 0)],
+        "reduce": [("sep_conv_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 0),
+                   ("skip_connect", 2), ("skip_connect", 3), ("skip_connect", 2), ("skip_connect", 3)],
+    },
+
+    # xiangning-chen/DrNAS@f2caa4d DARTS-space/genotypes.py DrNAS_cifar10
+    "DRNAS": {
+        "normal": [("sep_conv_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2),
+                   ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2), ("dil_conv_5x5", 3)],
+        "reduce": [("max_pool_3x3", 0), ("sep_conv_5x5", 1), ("dil_conv_5x5", 2), ("sep_conv_5x5", 1),
+                   ("sep_conv_5x5", 1), ("dil_conv_5x5", 3), ("skip_connect", 4), ("sep_conv_5x5", 1)],
+    },
+    # xiaomi-automl/FairDARTS@270cfc9 fairdarts/genotypes.py FairDARTS_a .. FairDARTS_g: entries are
+    # (op, to, from); nodes without an entry are absent from the cell (fairdarts/model.py DCOCell)
+    "FAIRDARTS_A": {
+        "normal": [("sep_conv_3x3", 2, 0), ("sep_conv_5x5", 2, 1), ("max_pool_3x3", 4, 0), ("sep_conv_3x3", 5, 0)],
+        "reduce": [("max_pool_3x3", 2, 0), ("avg_pool_3x3", 2, 1), ("avg_pool_3x3", 3, 0), ("dil_conv_5x5", 3, 1),
+                   ("avg_pool_3x3", 4, 0), ("sep_conv_5x5", 4, 1), ("skip_connect", 5, 0), ("skip_connect", 5, 1)],
+    },
+    "FAIRDARTS_B": {
+        "normal": [("sep_conv_3x3", 2, 0), ("sep_conv_3x3", 2, 1), ("sep_conv_3x3", 3, 1), ("dil_conv_3x3", 4, 0),
+                   ("sep_conv_5x5", 4, 1), ("dil_conv_5x5", 5, 1)],
+        "reduce": [("skip_connect", 2, 0), ("dil_conv_3x3", 2, 1), ("skip_connect", 3, 0), ("dil_conv_3x3", 3, 1),
+                   ("max_pool_3x3", 4, 0), ("sep_conv_3x3", 4, 1), ("skip_connect", 5, 2), ("max_pool_3x3", 5, 0)],
+    },
+    "FAIRDARTS_C": {
+        "normal": [("max_pool_3x3", 2, 0), ("sep_conv_5x5", 2, 1), ("dil_conv_3x3", 4, 0), ("dil_conv_5x5", 4, 2),
+                   ("skip_connect", 5, 3), ("sep_conv_3x3", 5, 0)],
+        "reduce": [("dil_conv_3x3", 2, 1), ("dil_conv_5x5", 2, 0), ("dil_conv_3x3", 3, 0), ("sep_conv_3x3", 3, 1),
+                   ("sep_conv_5x5", 4, 0), ("sep_conv_5x5", 4, 3), ("sep_conv_5x5", 5, 0), ("skip_connect", 5, 1)],
+    },
+    "FAIRDARTS_D": {
+        "normal": [("sep_conv_3x3", 2, 0), ("sep_conv_5x5", 2, 1), ("dil_conv_3x3", 3, 1), ("max_pool_3x3", 3, 0),
+                   ("dil_conv_3x3", 4, 0), ("dil_conv_3x3", 4, 1), ("sep_conv_3x3", 5, 0), ("dil_conv_5x5", 5, 1)],
+        "reduce": [("max_pool_3x3", 2, 0), ("sep_conv_5x5", 2, 1), ("avg_pool_3x3", 3, 0), ("dil_conv_5x5", 3, 2),
+                   ("dil_conv_3x3", 4, 3), ("avg_pool_3x3", 4, 0), ("avg_pool_3x3", 5, 0), ("skip_connect", 5, 3)],
+    },
+    "FAIRDARTS_E": {
+        "normal": [("sep_conv_3x3", 2, 0), ("sep_conv_3x3", 2, 1), ("dil_conv_3x3", 4, 1), ("dil_conv_3x3", 4, 2),
+                   ("dil_conv_3x3", 5, 0), ("dil_conv_5x5", 5, 1)],
+        "reduce": [("max_pool_3x3", 2, 1), ("max_pool_3x3", 2, 0), ("max_pool_3x3", 3, 1), ("max_pool_3x3", 3, 0),
+                   ("sep_conv_5x5", 4, 1), ("max_pool_3x3", 4, 0), ("avg_pool_3x3", 5, 0), ("dil_conv_5x5", 5, 1)],
+    },
+    "FAIRDARTS_F": {
+        "normal": [("max_pool_3x3", 2, 0), ("sep_conv_3x3", 2, 1), ("dil_conv_3x3", 3, 1), ("sep_conv_5x5", 4, 1),
+                   ("sep_conv_3x3", 5, 0), ("sep_conv_3x3", 5, 1)],
+        "reduce": [("max_pool_3x3", 2, 0), ("max_pool_3x3", 2, 1), ("max_pool_3x3", 3, 0), ("dil_conv_3x3", 3, 1),
+                   ("dil_conv_3x3", 4, 2), ("max_pool_3x3", 4, 0), ("max_pool_3x3", 5, 0), ("sep_conv_3x3", 5, 1)],
+    },
+    "FAIRDARTS_G": {
+        "normal": [("sep_conv_3x3", 2, 0), ("sep_conv_3x3", 2, 1), ("skip_connect", 4, 3), ("sep_conv_5x5", 4, 1),
+                   ("dil_conv_3x3", 5, 0), ("sep_conv_3x3", 5, 1)],
+        "reduce": [("avg_pool_3x3", 2, 1), ("skip_connect", 2, 0), ("skip_connect", 3, 2), ("max_pool_3x3", 3, 1),
+                   ("sep_conv_5x5", 4, 3), ("max_pool_3x3", 4, 0), ("dil_conv_3x3", 5, 1), ("dil_conv_3x3", 5, 4)],
+    },
 }
 
 # Reported CIFAR-10 test error (%) and params (millions, auxiliary head excluded); ``params`` is
@@ -454,6 +568,67 @@ GENOTYPE_META: dict[str, dict[str, Any]] = {
                        "(GDAS_V1)",
              "note": "error and params: GDAS paper (CVPR 2019), searched reduction cell; not "
                      "re-checked against the paper"},
+    "PDARTS": {"test_error": 2.50, "test_error_std": None, "params_m": 3.4, "params": 3_433_798,
+               "source": "chenxin061/pdarts@b880e87 genotypes.py (PDARTS)",
+               "note": "error and params: P-DARTS paper, CIFAR-10; not re-checked against the paper"},
+    "SDARTS_RS": {"test_error": 2.67, "test_error_std": 0.03, "params_m": 3.4, "params": 3_606_166,
+                  "source": "xiangning-chen/SmoothDARTS@d3dbfed sota/cnn/genotypes.py (c10_s5_random)",
+                  "note": "error and params as recalled from the SDARTS paper's table, not re-checked; "
+                          "the released genotype builds to 3.61M"},
+    "SDARTS_ADV": {"test_error": 2.61, "test_error_std": 0.02, "params_m": 3.3, "params": 3_344_806,
+                   "source": "xiangning-chen/SmoothDARTS@d3dbfed sota/cnn/genotypes.py (c10_s5_pgd)",
+                   "note": "error and params as recalled from the SDARTS paper's table, not re-checked"},
+    "DARTS_MINUS": {"test_error": 2.59, "test_error_std": 0.08, "params_m": 3.5, "params": 3_454_318,
+                    "source": "Meituan-AutoML/DARTS-@adb81a8 src/eval/genotypes.py (cifar10_s0_best)",
+                    "note": "error and params as recalled from the DARTS- paper (S0, CIFAR-10), not "
+                            "re-checked; the code's default --arch DARTS_MINUS_CIFAR10_S5_Best does not exist"},
+    "DRNAS": {"test_error": 2.46, "test_error_std": 0.03, "params_m": 4.1, "params": 4_099_294,
+              "source": "xiangning-chen/DrNAS@f2caa4d DARTS-space/genotypes.py (DrNAS_cifar10)",
+              "note": "error and params: DrNAS README (auxiliary head excluded, utils.count_parameters_in_MB); "
+                      "its evaluation network follows the pools by an affine-free BN (DARTS-space/operations.py), "
+                      "which adds no parameters"},
+    "FAIRDARTS_A": {"test_error": None, "test_error_std": None, "params_m": 2.83, "params": 2_360_782,
+                     "params_with_auxiliary": 2_837_208,
+                     "source": "xiaomi-automl/FairDARTS@270cfc9 fairdarts/genotypes.py (FairDARTS_a)",
+                     "note": "params: FairDARTS README/genotypes.py, counted by thop with the auxiliary head "
+                             "(truncated from the count here); a FairDARTS cell: only nodes "
+                             "with an input are concatenated"},
+    "FAIRDARTS_B": {"test_error": None, "test_error_std": None, "params_m": 3.88, "params": 3_407_878,
+                     "params_with_auxiliary": 3_884_304,
+                     "source": "xiaomi-automl/FairDARTS@270cfc9 fairdarts/genotypes.py (FairDARTS_b)",
+                     "note": "params: FairDARTS README/genotypes.py, counted by thop with the auxiliary head "
+                             "(truncated from the count here); a FairDARTS cell: only nodes "
+                             "with an input are concatenated"},
+    "FAIRDARTS_C": {"test_error": None, "test_error_std": None, "params_m": 2.59, "params": 2_598_814,
+                     "params_with_auxiliary": 3_075_240,
+                     "source": "xiaomi-automl/FairDARTS@270cfc9 fairdarts/genotypes.py (FairDARTS_c)",
+                     "note": "params: FairDARTS README/genotypes.py, counted by thop without the auxiliary head "
+                             "(truncated from the count here); a FairDARTS cell: only nodes "
+                             "with an input are concatenated"},
+    "FAIRDARTS_D": {"test_error": None, "test_error_std": None, "params_m": 3.84, "params": 3_365_542,
+                     "params_with_auxiliary": 3_841_968,
+                     "source": "xiaomi-automl/FairDARTS@270cfc9 fairdarts/genotypes.py (FairDARTS_d)",
+                     "note": "params: FairDARTS README/genotypes.py, counted by thop with the auxiliary head "
+                             "(truncated from the count here); a FairDARTS cell: only nodes "
+                             "with an input are concatenated; two inputs everywhere, so retrain it with cell: fairdarts for its per-node drop path"},
+    "FAIRDARTS_E": {"test_error": None, "test_error_std": None, "params_m": 3.12, "params": 2_643_742,
+                     "params_with_auxiliary": 3_120_168,
+                     "source": "xiaomi-automl/FairDARTS@270cfc9 fairdarts/genotypes.py (FairDARTS_e)",
+                     "note": "params: FairDARTS README/genotypes.py, counted by thop with the auxiliary head "
+                             "(truncated from the count here); a FairDARTS cell: only nodes "
+                             "with an input are concatenated"},
+    "FAIRDARTS_F": {"test_error": None, "test_error_std": None, "params_m": 3.62, "params": 3_151_054,
+                     "params_with_auxiliary": 3_627_480,
+                     "source": "xiaomi-automl/FairDARTS@270cfc9 fairdarts/genotypes.py (FairDARTS_f)",
+                     "note": "params: FairDARTS README/genotypes.py, counted by thop with the auxiliary head "
+                             "(truncated from the count here); a FairDARTS cell: only nodes "
+                             "with an input are concatenated"},
+    "FAIRDARTS_G": {"test_error": None, "test_error_std": None, "params_m": 3.375, "params": 2_899_054,
+                     "params_with_auxiliary": 3_375_480,
+                     "source": "xiaomi-automl/FairDARTS@270cfc9 fairdarts/genotypes.py (FairDARTS_g)",
+                     "note": "params: FairDARTS README/genotypes.py, counted by thop with the auxiliary head "
+                             "(truncated from the count here); a FairDARTS cell: only nodes "
+                             "with an input are concatenated"},
 }
 
 
@@ -497,7 +672,9 @@ class DartsSpace(SearchSpace):
 
     # --- encoding ---------------------------------------------------------------------------
     def _arch_from_lists(self, cells: Mapping[str, Sequence[Any]], where: str = "genotype") -> Arch:
-        """Validated ``{"normal": [(op, input) x 8], "reduce": [...]}`` -> Arch."""
+        """Validated cells -> Arch. A cell is DARTS's flat list of ``(op, input)`` entries, two per
+        intermediate node; AutoDL's one pair of entries per node; or FairDARTS's ``(op, to, from)``
+        entries, 0 to 2 per node (nodes without one are absent from FairDARTS's cell)."""
         choices: dict[str, Any] = {}
         for cell_type in CELL_TYPES:
             entries = list(cells[cell_type])
@@ -506,31 +683,50 @@ class DartsSpace(SearchSpace):
                                              and all(isinstance(x, (list, tuple)) for x in e)
                                              for e in entries):
                 entries = [x for e in entries for x in e]
-            if len(entries) != 2 * STEPS:
-                raise ValueError(f"{where}: {cell_type} has {len(entries)} entries; a DARTS genotype "
-                                 f"needs {2 * STEPS} (2 per intermediate node, nodes 2..5)")
-            pairs = []
-            for k, entry in enumerate(entries):
-                node = 2 + k // 2
-                if not (isinstance(entry, (list, tuple)) and len(entry) == 2
-                        and isinstance(entry[0], str) and isinstance(entry[1], int)
-                        and not isinstance(entry[1], bool)):
-                    raise ValueError(f"{where}: {cell_type} entry {k} is {entry!r}; expected "
-                                     "('op_name', input_index)")
-                op, j = entry
-                if op not in PRIMITIVES:
-                    raise ValueError(f"{where}: unknown op {op!r} in {cell_type} entry {k}; "
-                                     f"accepted: {', '.join(PRIMITIVES)}")
-                if not 0 <= j < node:
-                    raise ValueError(f"{where}: {cell_type} entry {k} {entry!r}: input {j} is out "
-                                     f"of range for node {node} (accepted 0..{node - 1})")
-                pairs.append((PRIMITIVES.index(op), j))
-            for n, node in enumerate(NODES):
-                choices[f"{cell_type}/{node}"] = (pairs[2 * n], pairs[2 * n + 1])
+            if all(isinstance(e, (list, tuple)) and len(e) == 3 for e in entries):  # [] too: no node kept
+                nodes = self._fairdarts_nodes(entries, cell_type, where)
+            else:
+                if len(entries) != 2 * STEPS:
+                    raise ValueError(f"{where}: {cell_type} has {len(entries)} entries; a DARTS genotype "
+                                     f"needs {2 * STEPS} (2 per intermediate node, nodes 2..5), or "
+                                     "FairDARTS's (op, to, from) entries")
+                nodes = [entries[2 * n: 2 * n + 2] for n in range(STEPS)]
+            for n, node in enumerate(nodes):
+                choices[f"{cell_type}/{2 + n}"] = tuple(
+                    self._entry(entry, 2 + n, f"{where}: {cell_type} node {2 + n}") for entry in node)
         return Arch(self.name, choices)
 
-    def _node_choices(self, arch: Arch) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
-        """Arch -> its 8 node choices, checked; KeyError on wrong labels, ValueError on bad values."""
+    @staticmethod
+    def _fairdarts_nodes(entries: Sequence[Any], cell_type: str, where: str) -> list[list[Any]]:
+        """FairDARTS ``(op, to, from)`` entries grouped by node, their order kept within a node."""
+        nodes: list[list[Any]] = [[] for _ in NODES]
+        for entry in entries:
+            op, to, source = entry
+            if not (isinstance(to, int) and 2 <= to < 2 + STEPS):
+                raise ValueError(f"{where}: {cell_type} entry {tuple(entry)!r}: node {to!r} is not an "
+                                 f"intermediate node (accepted 2..{1 + STEPS})")
+            nodes[to - 2].append((op, source))
+        for n, node in enumerate(nodes):
+            if len(node) > 2:
+                raise ValueError(f"{where}: {cell_type} node {2 + n} has {len(node)} entries; FairDARTS's "
+                                 "sparse cells keep at most 2 per node")
+        return nodes
+
+    @staticmethod
+    def _entry(entry: Any, node: int, where: str) -> tuple[int, int]:
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str)
+                and isinstance(entry[1], int) and not isinstance(entry[1], bool)):
+            raise ValueError(f"{where}: entry {entry!r}; expected ('op_name', input_index)")
+        op, j = entry
+        if op not in PRIMITIVES:
+            raise ValueError(f"{where}: unknown op {op!r}; accepted: {', '.join(PRIMITIVES)}")
+        if not 0 <= j < node:
+            raise ValueError(f"{where}: input {j} is out of range for node {node} (accepted 0..{node - 1})")
+        return PRIMITIVES.index(op), j
+
+    def _node_choices(self, arch: Arch) -> dict[str, tuple[tuple[int, int], ...]]:
+        """Arch -> its 8 node choices (0 to 2 entries each), checked; KeyError on wrong labels,
+        ValueError on bad values."""
         self.check(arch)
         if list(arch) != list(NODE_LABELS):
             raise KeyError(f"a darts arch has the labels {list(NODE_LABELS)}, got {list(arch)}")
@@ -538,9 +734,10 @@ class DartsSpace(SearchSpace):
         for label in NODE_LABELS:
             node = node_index(label)
             value = arch[label]
-            if not (isinstance(value, tuple) and len(value) == 2
+            if not (isinstance(value, tuple) and len(value) <= 2
                     and all(isinstance(p, tuple) and len(p) == 2 for p in value)):
-                raise ValueError(f"{label} is {value!r}; expected ((op_index, input), (op_index, input))")
+                raise ValueError(f"{label} is {value!r}; expected ((op_index, input), (op_index, input)) "
+                                 "(FairDARTS cells: 0 to 2 such entries)")
             for op, j in value:
                 if not 0 <= op < len(PRIMITIVES):
                     raise ValueError(f"{label}: op index {op} out of range 0..{len(PRIMITIVES) - 1}")
@@ -550,12 +747,20 @@ class DartsSpace(SearchSpace):
             choices[label] = value
         return choices
 
+    def is_sparse(self, arch: Arch) -> bool:
+        """A FairDARTS cell: some node without exactly two entries (built as FairDARTS builds it)."""
+        return any(len(entries) != 2 for entries in self._node_choices(arch).values())
+
+    def node_entries(self, arch: Arch) -> dict[str, list[list[GenotypeEntry]]]:
+        """Arch -> ``{"normal": [[(op_name, input), ...] per node 2..5], "reduce": [...]}``."""
+        choices = self._node_choices(arch)
+        return {cell_type: [[(PRIMITIVES[op], j) for op, j in choices[f"{cell_type}/{node}"]] for node in NODES]
+                for cell_type in CELL_TYPES}
+
     def genotype_lists(self, arch: Arch) -> dict[str, list[GenotypeEntry]]:
         """Arch -> ``{"normal": [(op_name, input) x 8], "reduce": [...]}``, genotype order."""
-        choices = self._node_choices(arch)
-        return {cell_type: [(PRIMITIVES[op], j) for node in NODES
-                            for op, j in choices[f"{cell_type}/{node}"]]
-                for cell_type in CELL_TYPES}
+        return {cell_type: [entry for node in nodes for entry in node]
+                for cell_type, nodes in self.node_entries(arch).items()}
 
     def parse_string(self, text: str) -> Arch:
         """``Genotype(normal=[...], normal_concat=[2, 3, 4, 5], reduce=[...], reduce_concat=...)``
@@ -599,8 +804,13 @@ class DartsSpace(SearchSpace):
         return self._arch_from_lists(values, where="genotype")
 
     def format(self, arch: Arch) -> str:
-        """Arch -> the repr of DARTS' ``Genotype`` namedtuple (lists, concat [2, 3, 4, 5])."""
-        cells = self.genotype_lists(arch)
+        """Arch -> the repr of DARTS' ``Genotype`` namedtuple (lists, concat [2, 3, 4, 5]); a
+        FairDARTS cell in FairDARTS's form, ``(op, to, from)`` entries."""
+        if self.is_sparse(arch):
+            cells = {cell_type: [(op, 2 + n, j) for n, node in enumerate(nodes) for op, j in node]
+                     for cell_type, nodes in self.node_entries(arch).items()}
+        else:
+            cells = self.genotype_lists(arch)
         return (f"Genotype(normal={cells['normal']!r}, normal_concat={CONCAT!r}, "
                 f"reduce={cells['reduce']!r}, reduce_concat={CONCAT!r})")
 
@@ -620,7 +830,10 @@ class DartsSpace(SearchSpace):
         """Change the op or the input of one entry of one node; inputs of a node stay distinct."""
         rng = rng or random.Random()
         choices = dict(self._node_choices(arch))
-        label = rng.choice(NODE_LABELS)
+        mutable = [label for label in NODE_LABELS if len(choices[label]) == 2]
+        if not mutable:
+            raise ValueError("mutate changes a node of two entries; this FairDARTS cell has none")
+        label = rng.choice(mutable)
         node = node_index(label)
         entries = [list(pair) for pair in choices[label]]
         k = rng.randrange(2)
@@ -637,12 +850,14 @@ class DartsSpace(SearchSpace):
     def build_supernet(self, num_classes: int = 10, C: int = 16, layers: int = 8, steps: int = 4,
                        multiplier: int = 4, stem_multiplier: int = 3, affine: bool = False,
                        in_channels: int = 3, partial_channels: int = 1, bn_after_pool: bool = True,
-                       last_activation: bool = False) -> DartsSupernet:
+                       last_activation: bool = False, auxiliary_skip: bool = False) -> DartsSupernet:
         """The search network of train_search.py (8 cells, C=16 by default); ``partial_channels``
         K > 1 gives PC-DARTS's (model_search.py, K = 4); ``bn_after_pool=False`` and
-        ``last_activation=True`` give GDAS's NASNet-space one (xautodl ``NASNetworkGDAS``)."""
+        ``last_activation=True`` give GDAS's NASNet-space one (xautodl ``NASNetworkGDAS``);
+        ``auxiliary_skip=True`` DARTS-'s (an auxiliary skip on every edge)."""
         return DartsSupernet(num_classes, C, layers, steps, multiplier, stem_multiplier, affine,
-                             in_channels, partial_channels, bn_after_pool, last_activation)
+                             in_channels, partial_channels, bn_after_pool, last_activation,
+                             auxiliary_skip)
 
     def network_options(self, supernet_options: Mapping[str, Any]) -> dict[str, Any]:
         """None: the search supernet (8 cells, C=16) is not the network a genotype is evaluated
@@ -651,13 +866,22 @@ class DartsSpace(SearchSpace):
 
     def build_network(self, arch: Arch, num_classes: int = 10, C: int = 36, layers: int = 20,
                       auxiliary: bool = False, drop_path_prob: float = 0.0, in_channels: int = 3,
-                      network: str = "cifar") -> NetworkCIFAR | NetworkImageNet:
+                      network: str = "cifar", cell: str = "auto") -> NetworkCIFAR | NetworkImageNet:
         """The evaluation network: ``network="cifar"`` is train.py's (20 cells, C=36 by default),
-        ``"imagenet"`` train_imagenet.py's mobile one (pass C=48, layers=14; 224x224 input)."""
+        ``"imagenet"`` train_imagenet.py's mobile one (pass C=48, layers=14; 224x224 input).
+        ``cell``: ``darts`` (model.py ``Cell``), ``fairdarts`` (FairDARTS's ``DCOCell``: only
+        nodes with an entry, drop path per node) or ``auto``, FairDARTS's where a node does not
+        have exactly two entries. A FairDARTS genotype with two entries everywhere (FAIRDARTS_D)
+        builds to the same parameters either way; only drop path differs: pass ``fairdarts``."""
         if network not in NETWORKS:
             raise ValueError(f"network={network!r}; accepted: {', '.join(NETWORKS)}")
-        return NETWORKS[network](self.genotype_lists(arch), num_classes, C, layers, auxiliary,
-                                 drop_path_prob, in_channels)
+        if cell not in ("auto", "darts", "fairdarts"):
+            raise ValueError(f"cell={cell!r}; accepted: auto, darts, fairdarts")
+        sparse = cell == "fairdarts" or (cell == "auto" and self.is_sparse(arch))
+        if sparse is False and self.is_sparse(arch):
+            raise ValueError("cell='darts' needs two entries per node; this is a FairDARTS cell (cell: auto)")
+        return NETWORKS[network](self.node_entries(arch), num_classes, C, layers, auxiliary,
+                                 drop_path_prob, in_channels, sparse=sparse)
 
     def decisions(self, arch: Arch) -> dict[str, int | torch.Tensor | None]:
         """Per supernet edge: the op index of a selected edge, None for an absent one.
@@ -671,15 +895,16 @@ class DartsSpace(SearchSpace):
         """
         choices = self._node_choices(arch)
         out: dict[str, int | torch.Tensor | None] = dict.fromkeys(EDGE_LABELS)
-        for label, pairs in choices.items():
-            (op_a, j_a), (op_b, j_b) = pairs
-            if j_a == j_b:
-                both = torch.zeros(len(PRIMITIVES))
-                both[op_a] += 1.0
-                both[op_b] += 1.0
-                out[edge_label(label, j_a)] = both
-            else:
-                out[edge_label(label, j_a)], out[edge_label(label, j_b)] = op_a, op_b
+        for label, entries in choices.items():
+            for op, j in entries:
+                edge = edge_label(label, j)
+                if out[edge] is None:
+                    out[edge] = op
+                else:  # a second op on the same input: a dense decision selecting both
+                    both = torch.zeros(len(PRIMITIVES))
+                    both[out[edge]] += 1.0
+                    both[op] += 1.0
+                    out[edge] = both
         return out
 
     def discretize(self, weights: Mapping[str, torch.Tensor]) -> Arch:
@@ -700,6 +925,22 @@ class DartsSpace(SearchSpace):
             best_op = [max(ops, key=lambda k: (row[k], -k)) for row in rows]  # first max
             kept = sorted(range(node), key=lambda j: -rows[j][best_op[j]])[:2]
             choices[label] = tuple((best_op[j], j) for j in kept)
+        return Arch(self.name, choices)
+
+    def discretize_threshold(self, weights: Mapping[str, torch.Tensor], threshold: float = 0.85) -> Arch:
+        """FairDARTS's ``threshold_sparse`` rule (``fairdarts/utils.py`` ``parse``) on per-edge
+        weights (sigmoids): per node, the top 2 input edges by their strongest non-``none`` op,
+        each kept with that op only if its weight reaches ``threshold``. A node may keep 0, 1 or 2
+        inputs (a FairDARTS cell, :meth:`build_network`)."""
+        check_edge_weights(weights, EDGE_LABELS, PRIMITIVES)
+        ops = [k for k in range(len(PRIMITIVES)) if k != NONE_INDEX]
+        choices = {}
+        for label in NODE_LABELS:
+            node = node_index(label)
+            rows = [weights[edge_label(label, j)].detach().float().cpu().tolist() for j in range(node)]
+            best_op = [max(ops, key=lambda k: (row[k], -k)) for row in rows]
+            kept = sorted(range(node), key=lambda j: -rows[j][best_op[j]])[:2]
+            choices[label] = tuple((best_op[j], j) for j in kept if rows[j][best_op[j]] >= threshold)
         return Arch(self.name, choices)
 
     def discretize_pairs(self, weights: Mapping[str, torch.Tensor]) -> Arch:

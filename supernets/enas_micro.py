@@ -78,7 +78,7 @@ from torch import nn
 
 from ops.candidates import FactorizedReduce, Identity, ReLUConvBN, build_candidate
 from supernets.base import Arch, SearchSpace, Supernet
-from supernets.darts import drop_path
+from ops.candidates import drop_path
 from supernets.labels import node_index
 from supernets.registry import register
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ops.candidates import ReLUConvBN, build_candidate
+from ops.candidates import ReLUConvBN, build_candidate, drop_path
 from ops.mixed import Decision, MixedOp, PartialChannelMixedOp
 from supernets.registry import register
 from supernets.base import Arch, SearchSpace, Supernet, check_edge_weights
@@ -121,13 +121,19 @@ class NB201SearchCell(nn.Module):
         # run time, so an edge module swapped in later (e.g. a partial-channel edge) is used.
         self._node_inputs = _node_inputs(list(enumerate(EDGES)))
 
-    def forward(self, x: torch.Tensor, decisions: Sequence[Decision]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, decisions: Sequence[Decision], drop_prob: float = 0.0,
+                auxiliary_weight: float = 0.0) -> torch.Tensor:
         nodes = [x]
         edges = self.edges
+        drop = self.training and drop_prob > 0.0
         for inputs in self._node_inputs:
             out = None
             for (e, label), source in inputs:
                 y = edges[label](nodes[source], decisions[e])
+                if auxiliary_weight:  # DARTS-: beta * x outside the softmax (every edge has stride 1)
+                    y = y + auxiliary_weight * nodes[source]
+                if drop:  # R-DARTS / SNAS: drop path on every edge's output
+                    y = drop_path(y, drop_prob)
                 out = y if out is None else out + y
             nodes.append(out)
         return nodes[-1]
@@ -194,11 +200,19 @@ class NB201Supernet(Supernet):
         track_running_stats: running statistics in the cells' BNs (the scripts' BN flag).
         in_channels: image channels.
         partial_channels: K of PC-DARTS partial channel connections (1: every channel searched).
+        auxiliary_skip: DARTS-'s auxiliary skip on every edge, weighted by the attribute
+            ``auxiliary_skip_weight`` (an identity: NB201's edges all have stride 1).
+
+    The attributes ``edge_drop_path_prob`` and ``auxiliary_skip_weight`` are set by algorithms
+    between steps (0 = off), as on the DARTS supernet.
     """
 
     def __init__(self, num_classes: int = 10, C: int = 16, N: int = 5, affine: bool = False,
-                 track_running_stats: bool = True, in_channels: int = 3, partial_channels: int = 1):
+                 track_running_stats: bool = True, in_channels: int = 3, partial_channels: int = 1,
+                 auxiliary_skip: bool = False):
         super().__init__()
+        self.edge_drop_path_prob = 0.0
+        self.auxiliary_skip_weight = 1.0 if auxiliary_skip else 0.0
         self.choices = {label: PRIMITIVES for label in EDGES}
         # Stem, ResNet blocks and lastact use default BNs (affine, running stats) in the reference.
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C, kernel_size=3, padding=1, bias=False),
@@ -225,7 +239,8 @@ class NB201Supernet(Supernet):
             raise
         feature = self.stem(x)
         for cell, searched in zip(self.cells, self._is_search_cell):
-            feature = cell(feature, per_edge) if searched else cell(feature)
+            feature = (cell(feature, per_edge, self.edge_drop_path_prob, self.auxiliary_skip_weight)
+                       if searched else cell(feature))
         out = self.global_pooling(self.lastact(feature)).flatten(1)
         return self.classifier(out)
 
@@ -412,10 +427,11 @@ class NB201Space(SearchSpace):
     # --- networks -----------------------------------------------------------------------------
     def build_supernet(self, num_classes: int = 10, C: int = 16, N: int = 5, affine: bool = False,
                        track_running_stats: bool = True, in_channels: int = 3,
-                       partial_channels: int = 1) -> NB201Supernet:
-        """The search network; ``partial_channels`` K > 1 gives PC-DARTS edges (K must divide C)."""
+                       partial_channels: int = 1, auxiliary_skip: bool = False) -> NB201Supernet:
+        """The search network; ``partial_channels`` K > 1 gives PC-DARTS edges (K must divide C);
+        ``auxiliary_skip`` DARTS-'s."""
         return NB201Supernet(num_classes, C, N, affine, track_running_stats, in_channels,
-                             partial_channels)
+                             partial_channels, auxiliary_skip)
 
     def build_network(self, arch: Arch, num_classes: int = 10, C: int = 16, N: int = 5,
                       in_channels: int = 3) -> NB201Network:

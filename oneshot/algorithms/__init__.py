@@ -11,17 +11,24 @@ from typing import Any
 
 from oneshot.algorithms.base import SupernetTraining
 from oneshot.algorithms.darts import DartsSearch
+from oneshot.algorithms.darts_minus import DartsMinusSearch
 from oneshot.algorithms.differentiable import DifferentiableSearch
+from oneshot.algorithms.drnas import DrnasSearch
 from oneshot.algorithms.enas import EnasSearch
+from oneshot.algorithms.fairdarts import FairDartsSearch
 from oneshot.algorithms.gdas import GdasSearch
 from oneshot.algorithms.ofa import OfaSearch
 from oneshot.algorithms.pcdarts import PCDartsSearch
 from oneshot.algorithms.rsps import RandomSinglePathSearch
+from oneshot.algorithms.sdarts import SDartsSearch
 from oneshot.algorithms.single_path import SinglePathSearch
+from oneshot.algorithms.snas import SnasSearch
 from oneshot.algorithms.spos import SposSearch
 from oneshot.checkpoints import capture_random_state, read_checkpoint, restore_random_state
 
 ALGORITHMS = {"darts": DartsSearch, "pcdarts": PCDartsSearch, "gdas": GdasSearch,
+              "sdarts": SDartsSearch, "darts_minus": DartsMinusSearch, "fairdarts": FairDartsSearch,
+              "drnas": DrnasSearch, "snas": SnasSearch,
               "rsps": RandomSinglePathSearch, "spos": SposSearch,
               "enas": EnasSearch, "ofa": OfaSearch}
 
@@ -91,4 +98,5 @@ def load_algorithm(ckpt: str | Path) -> SupernetTraining:
 
 
 __all__ = ["SupernetTraining", "DifferentiableSearch", "SinglePathSearch", "DartsSearch",
-           "PCDartsSearch", "GdasSearch", "RandomSinglePathSearch", "OfaSearch", "ALGORITHMS", "load_algorithm"]
+           "PCDartsSearch", "GdasSearch", "SDartsSearch", "DartsMinusSearch", "FairDartsSearch",
+           "DrnasSearch", "SnasSearch", "RandomSinglePathSearch", "OfaSearch", "ALGORITHMS", "load_algorithm"]

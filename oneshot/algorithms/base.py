@@ -53,6 +53,24 @@ def all_reduce_mean(tensors: list[torch.Tensor]) -> None:
         t.div_(world)
 
 
+def with_space_option(args: tuple[Any, ...], kwargs: dict[str, Any], name: str, value: Any
+                      ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The constructor arguments of :class:`SupernetTraining` with ``space_options[name]`` set
+    to ``value`` (space_options is the second positional or a keyword); a different value
+    already there is an error (the algorithm's own option says it once)."""
+    args, kwargs = list(args), dict(kwargs)
+    options = dict((args[1] if len(args) >= 2 else kwargs.get("space_options")) or {})
+    given = options.setdefault(name, value)
+    if given != value:
+        raise ValueError(f"space_options {name}={given} differs from what the algorithm needs "
+                         f"({value}); leave {name} out of space_options")
+    if len(args) >= 2:
+        args[1] = options
+    else:
+        kwargs["space_options"] = options
+    return tuple(args), kwargs
+
+
 class SupernetTraining(L.LightningModule):
     """A supernet of a registered space trained with SGD under a cosine schedule.
 
@@ -182,6 +200,11 @@ class SupernetTraining(L.LightningModule):
         """Decisions the supernet weights are trained with at this step."""
         raise NotImplementedError
 
+    def weight_decisions(self, train_batch: Any) -> Mapping[str, Any]:
+        """The decisions of the weight step on this batch: :meth:`decisions_for_weight_step`,
+        unless a family needs the batch itself (SDARTS-ADV's attack)."""
+        return self.decisions_for_weight_step()
+
     def decisions_for_validation(self, batch_idx: int) -> Mapping[str, Any]:
         """Decisions the supernet is monitored with each epoch."""
         raise NotImplementedError
@@ -218,7 +241,7 @@ class SupernetTraining(L.LightningModule):
         """One SGD step of the supernet weights with the gradient clipped to ``grad_clip``."""
         optimizer = self.weight_optimizer()
         optimizer.zero_grad()
-        loss, accuracy = self.loss_and_accuracy(train_batch, self.decisions_for_weight_step())
+        loss, accuracy = self.loss_and_accuracy(train_batch, self.weight_decisions(train_batch))
         self.manual_backward(loss)
         self.after_weight_backward()
         if self.hparams.grad_clip and self.hparams.get("grad_clip_per_tensor"):

@@ -43,6 +43,13 @@ class DifferentiableSearch(SupernetTraining):
             epoch it rolls back to; needs ``hessian_every``.
         early_stop_options: keyword arguments of ``EigenvalueEarlyStop`` (R-DARTS defaults:
             window 5, factor 1.3, delta 4, start_epoch 10).
+        excluded_candidates: candidates the architecture never weighs: their logits are -inf,
+            so the softmax runs over the rest and they get weight 0 (SDARTS's DARTS space has no
+            ``none``). Alphas keep one entry per candidate, so checkpoints keep their shapes.
+        edge_drop_path: drop-path probability on every edge's output during search (a supernet
+            with ``edge_drop_path_prob``: the darts and nb201 spaces); 0 turns it off.
+        edge_drop_path_schedule: ``linear``: ``edge_drop_path * e / (E - 1)`` in epoch e of E
+            (R-DARTS's ScheduledDropPath, train_search.py); ``constant`` (SNAS).
         **kwargs: the shared settings of :class:`~oneshot.algorithms.base.SupernetTraining`.
     """
 
@@ -52,13 +59,21 @@ class DifferentiableSearch(SupernetTraining):
                  arch_betas: tuple[float, float] = (0.5, 0.999), arch_weight_decay: float = 1e-3,
                  alpha_init_std: float = 1e-3, hessian_every: int = 0, hessian_iterations: int = 20,
                  early_stop_on_eigenvalue: bool = False, early_stop_options: dict[str, Any] | None = None,
-                 **kwargs: Any):
+                 excluded_candidates: list[str] | None = None, edge_drop_path: float = 0.0,
+                 edge_drop_path_schedule: str = "linear", **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters()
         self.alphas = nn.ParameterDict({
             label: nn.Parameter(alpha_init_std * torch.randn(len(options)))
             for label, options in self.supernet.choices.items()
         })
+        self.excluded = self._excluded_indices(list(excluded_candidates or []))
+        if not 0.0 <= edge_drop_path < 1.0 or edge_drop_path_schedule not in ("linear", "constant"):
+            raise ValueError(f"edge_drop_path={edge_drop_path} must lie in [0, 1) and edge_drop_path_schedule="
+                             f"{edge_drop_path_schedule!r} be 'linear' (R-DARTS) or 'constant' (SNAS)")
+        if edge_drop_path and not hasattr(self.supernet, "edge_drop_path_prob"):
+            raise ValueError(f"edge_drop_path: {self.space.name!r} supernets have no drop path on edges; "
+                             "the darts and nb201 spaces have")
         if hessian_every < 0 or hessian_iterations < 1:
             raise ValueError(f"hessian_every ({hessian_every}) must be >= 0 (0 = off) and "
                              f"hessian_iterations ({hessian_iterations}) >= 1")
@@ -68,10 +83,32 @@ class DifferentiableSearch(SupernetTraining):
         self.eigenvalue_early_stop = EigenvalueEarlyStop(**(early_stop_options or {}))
         self._hessian_batch: Any = None
 
+    def _excluded_indices(self, names: list[str]) -> dict[str, list[int]]:
+        """Per label, the option indices of ``excluded_candidates``; ValueError on unknown names."""
+        options = {o for opts in self.supernet.choices.values() for o in opts}
+        unknown = [n for n in names if n not in options]
+        if unknown:
+            raise ValueError(f"excluded_candidates {unknown} are not candidates of {self.space.name!r}; "
+                             f"accepted: {', '.join(sorted(map(str, options)))}")
+        excluded = {label: [k for k, o in enumerate(opts) if o in names]
+                    for label, opts in self.supernet.choices.items()}
+        if any(len(ks) == len(self.supernet.choices[label]) for label, ks in excluded.items()):
+            raise ValueError(f"excluded_candidates {names} leave an edge without candidates")
+        return {label: ks for label, ks in excluded.items() if ks}
+
+    def logits(self, label: str) -> torch.Tensor:
+        """The alphas of one label with the excluded candidates at -inf."""
+        alpha, excluded = self.alphas[label], self.excluded.get(label)
+        if not excluded:
+            return alpha
+        mask = torch.zeros_like(alpha, dtype=torch.bool)
+        mask[excluded] = True
+        return alpha.masked_fill(mask, float("-inf"))
+
     # --- what subclasses change ---------------------------------------------------------------
     def arch_weights(self) -> dict[str, torch.Tensor]:
         """The architecture distribution per choice label (softmax over its options)."""
-        return {label: F.softmax(alpha, dim=-1) for label, alpha in self.alphas.items()}
+        return {label: F.softmax(self.logits(label), dim=-1) for label in self.alphas}
 
     def decisions_for_weight_step(self) -> Mapping[str, Any]:
         """Dense mixing by default (DARTS)."""
@@ -106,6 +143,20 @@ class DifferentiableSearch(SupernetTraining):
         if arch_loss is not None:
             self.log("arch_loss", arch_loss, on_step=False, on_epoch=True,
                      batch_size=val_batch[0].shape[0], sync_dist=True)
+
+    def edge_drop_path_prob(self, epoch: int, epochs: int) -> float:
+        """The search drop-path probability of epoch e (R-DARTS: p * e / (E - 1))."""
+        p = float(self.hparams.get("edge_drop_path") or 0.0)
+        if self.hparams.get("edge_drop_path_schedule", "linear") == "constant" or epochs <= 1:
+            return p
+        return p * epoch / (epochs - 1)
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        if self.hparams.get("edge_drop_path"):
+            prob = self.edge_drop_path_prob(self.current_epoch, int(self.trainer.max_epochs or 1))
+            self.supernet.edge_drop_path_prob = prob
+            self.log("edge_drop_path_prob", prob, on_epoch=True, sync_dist=True)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # kept here rather than in training_step, which subclasses may replace
@@ -158,13 +209,18 @@ class DifferentiableSearch(SupernetTraining):
         if self.current_epoch % every and not self.is_last_epoch():  # R-DARTS: epoch % freq == 0 or the last
             return None
         batch = self._hessian_batch
+        drop = getattr(self.supernet, "edge_drop_path_prob", 0.0)
         # validation hooks run under inference mode; the diagnostic needs double backward
         with torch.inference_mode(False), torch.enable_grad(), preserved_batchnorm(self.supernet):
             self.supernet.train()  # running statistics as training left them (restored on exit)
+            if drop:  # a random mask per product would make the power iteration noise
+                self.supernet.edge_drop_path_prob = 0.0
             value = dominant_hessian_eigenvalue(
                 lambda: self.loss_and_accuracy(batch, self.arch_weights())[0], params,
                 iterations=self.hparams.hessian_iterations,
                 generator=torch.Generator().manual_seed(int(self.current_epoch)))
+            if drop:
+                self.supernet.edge_drop_path_prob = drop
         averaged = torch.tensor([value], dtype=torch.float32, device=self.device)
         all_reduce_mean([averaged])
         return float(averaged)

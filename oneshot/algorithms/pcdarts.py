@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oneshot.algorithms.base import with_space_option
 from oneshot.algorithms.darts import DartsSearch
 from supernets.labels import node_of
 
@@ -47,12 +48,7 @@ class PCDartsSearch(DartsSearch):
                  **kwargs: Any):
         if arch_warmup_epochs < 0:
             raise ValueError(f"arch_warmup_epochs={arch_warmup_epochs}: use 0 or more epochs")
-        # The base builds the supernet from space_options (second positional or keyword).
-        args = list(args)
-        if len(args) >= 2:
-            args[1] = _with_partial_channels(args[1], partial_channels)
-        else:
-            kwargs["space_options"] = _with_partial_channels(kwargs.get("space_options"), partial_channels)
+        args, kwargs = with_space_option(args, kwargs, "partial_channels", partial_channels)
         super().__init__(*args, **kwargs)
         self.save_hyperparameters()
         std = self.hparams.alpha_init_std
@@ -75,7 +71,7 @@ class PCDartsSearch(DartsSearch):
     def arch_weights(self) -> dict[str, torch.Tensor]:
         """softmax(alpha) * beta_hat per edge: the candidate weights times the edge's weight."""
         beta_hat = self.edge_normalization()
-        return {label: F.softmax(alpha, dim=-1) * beta_hat[label] for label, alpha in self.alphas.items()}
+        return {label: F.softmax(self.logits(label), dim=-1) * beta_hat[label] for label in self.alphas}
 
     def architecture_parameters(self) -> list[nn.Parameter]:
         """Alphas, then betas: one Adam for all (model_search.py ``_arch_parameters``)."""
@@ -96,12 +92,3 @@ class PCDartsSearch(DartsSearch):
         for label, weight in self.edge_normalization().items():
             experiment.add_scalar(f"edge_norm/{label}", float(weight), self.current_epoch)
 
-
-def _with_partial_channels(space_options: dict[str, Any] | None, partial_channels: int) -> dict[str, Any]:
-    """A copy of ``space_options`` with ``partial_channels`` set; a conflicting value is an error."""
-    options = dict(space_options or {})
-    given = options.setdefault("partial_channels", partial_channels)
-    if given != partial_channels:
-        raise ValueError(f"space_options partial_channels={given} differs from partial_channels="
-                         f"{partial_channels}; set partial_channels only")
-    return options

@@ -24,6 +24,8 @@ COMMANDS = {
               "(--config CONFIG, --schedule YAML, --run-dir DIR)",
     "oracle": "query-based search (evolution, random, reinforce) on a benchmark table column, no supernet",
     "latency": "measure a latency lookup table of the ofa-mbv3 space on this machine (for latency<=MS budgets)",
+    "study": "collapse: every differentiable search on one space, N seeds, side by side (skip counts, "
+             "eigenvalues, table lookups); resumable",
 }
 USER_ERRORS = (FileNotFoundError, KeyError, IndexError, ValueError, ImportError)  # UserError is a ValueError
 

@@ -7,7 +7,9 @@ its pure-PyTorch reference (:mod:`ops.kernels.reference`) and one warning line s
 
 The switch: ``ONESHOT_KERNELS=reference`` in the environment never loads the library; inside a
 process, :func:`use_fused` turns the fused path of mixed ops off and on (benchmarks and tests
-compare both paths with it).
+compare both paths with it). The same switch governs the library-free fast paths of
+:mod:`ops.polyphase`, so "unfused" always means the candidates exactly as the reference code
+builds them.
 """
 from __future__ import annotations
 
@@ -99,6 +101,13 @@ def fused_available(device: torch.device | str, dtype: torch.dtype = torch.float
     device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
     return (_fused_enabled and device_type in status().devices
             and dtype in KERNEL_DTYPES.get(device_type, ()))
+
+
+def fused_enabled() -> bool:
+    """Whether the switch allows our fast paths: on unless :func:`use_fused` turned it off or
+    ``ONESHOT_KERNELS=reference`` asks for the reference path. Paths that need no library (the
+    polyphase dilated convolution of :mod:`ops.polyphase`) follow it alone."""
+    return _fused_enabled and os.environ.get(SWITCH_ENV, "").strip().lower() != "reference"
 
 
 @contextlib.contextmanager

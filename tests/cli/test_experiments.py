@@ -9,7 +9,26 @@ import yaml
 from oneshot.commands import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIGS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.yaml")))
+CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "*.yaml"))
+                 if not os.path.basename(p).startswith("collapse_"))  # studies of `oneshot study`
+STUDIES = sorted(glob.glob(os.path.join(ROOT, "experiments", "collapse_*.yaml")))
+
+
+def _study_searches():
+    from oneshot.commands.study import load_study
+
+    for path in STUDIES:
+        study = load_study(Path(path))
+        for name, args in study["algorithms"].items():
+            yield pytest.param([*map(str, args), *map(str, study["common"])], id=f"{os.path.basename(path)}:{name}")
+
+
+@pytest.mark.parametrize("argv", list(_study_searches()))
+def test_every_search_of_a_study_parses(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", *argv, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "class_path" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
@@ -180,3 +199,29 @@ def test_ofa_imagenet_is_the_released_script():
     options = model["selection_options"]
     assert (options["population"], options["generations"], options["parent_ratio"], options["mutation_ratio"]) == \
         (100, 500, 0.25, 0.5)
+
+
+@pytest.mark.parametrize("name, model_class, values", [
+    ("sdarts_rs_cifar10.yaml", "SDartsSearch", {"perturbation": "random", "epsilon": 0.3, "epsilon_start": 0.03,
+                                                "excluded_candidates": ["none"], "unrolled": False}),
+    ("sdarts_adv_cifar10.yaml", "SDartsSearch", {"perturbation": "adversarial", "attack_steps": 7,
+                                                 "random_start": True, "excluded_candidates": ["none"]}),
+    ("darts_minus_cifar10.yaml", "DartsMinusSearch", {"skip_beta": 1.0, "decay": "linear", "decay_max_epoch": 50,
+                                                      "unrolled": False}),
+    ("fairdarts_cifar10.yaml", "FairDartsSearch", {"zero_one_weight": 10.0, "threshold": 0.85,
+                                                   "learning_rate": 0.005, "arch_learning_rate": 3e-3,
+                                                   "arch_betas": [0.9, 0.999], "alpha_init_std": 0.0}),
+    ("snas_cifar10.yaml", "SnasSearch", {"tau_start": 1.0, "tau_min": 0.03, "anneal_epochs": 150,
+                                         "resource_lambda": 1.5e-3, "edge_drop_path": 0.3,
+                                         "edge_drop_path_schedule": "constant", "arch_optimizer": "sgd"}),
+    ("rdarts_dp_cifar10.yaml", "DartsSearch", {"edge_drop_path": 0.2, "edge_drop_path_schedule": "linear",
+                                               "unrolled": True}),
+    ("rdarts_l2_cifar10.yaml", "DartsSearch", {"weight_decay": 9e-4, "unrolled": True}),
+    ("drnas_nb201_cifar10.yaml", "DrnasSearch", {"reg_type": "l2", "reg_scale": 1e-3, "arch_learning_rate": 3e-4,
+                                                 "learning_rate": 0.025}),
+])
+def test_variant_configs_hold_the_published_values(name, model_class, values):
+    config = _load(name)
+    assert config["model"]["class_path"].endswith(model_class)
+    model = config["model"]["init_args"]
+    assert {k: model[k] for k in values} == values

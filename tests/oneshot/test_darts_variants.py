@@ -1,0 +1,325 @@
+"""The DARTS variants: the piece each changes, checked by hand on a tiny supernet, and a CLI run each."""
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import supernets
+from oneshot.algorithms import ALGORITHMS, load_algorithm
+from oneshot.algorithms.darts_minus import DartsMinusSearch
+from oneshot.algorithms.drnas import DrnasSearch
+from oneshot.algorithms.fairdarts import FairDartsSearch
+from oneshot.algorithms.sdarts import SDartsSearch, clip_to_simplex
+from oneshot.algorithms.snas import SnasSearch, candidate_costs, concrete_sample
+from oneshot.algorithms.darts import DartsSearch
+from oneshot.commands import main
+
+TINY_DARTS = {"C": 4, "layers": 3}
+
+
+def _model(cls, space="darts", **kwargs):
+    torch.manual_seed(0)
+    options = TINY_DARTS if space == "darts" else {"C": 4, "N": 1}
+    return cls(space=space, space_options=options, num_classes=3, in_channels=1,
+               memory_format="contiguous", **kwargs)
+
+
+def _batch(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+# --- excluded candidates and search drop path (the shared base) -------------------------------
+def test_excluded_candidates_get_weight_zero_and_no_gradient():
+    model = _model(DartsSearch, excluded_candidates=["none"])
+    weights = model.arch_weights()
+    none = supernets.get("darts").primitives.index("none")
+    for label, w in weights.items():
+        w = w.detach()
+        assert float(w[none]) == 0 and math.isclose(float(w.sum()), 1.0, rel_tol=1e-6)
+        expected = F.softmax(torch.cat([model.alphas[label][:none], model.alphas[label][none + 1:]]), -1)
+        torch.testing.assert_close(torch.cat([w[:none], w[none + 1:]]), expected)
+    sum(w[3] for w in weights.values()).backward()
+    assert all(float(a.grad[none]) == 0 for a in model.alphas.values())
+
+
+def test_unknown_excluded_candidate_names_the_accepted_ones():
+    with pytest.raises(ValueError, match="sep_conv_3x3"):
+        _model(DartsSearch, excluded_candidates=["sep_conv_9x9"])
+
+
+def test_edge_drop_path_schedule_is_r_darts_linear_ramp():
+    model = _model(DartsSearch, edge_drop_path=0.4)
+    assert [model.edge_drop_path_prob(e, 5) for e in range(5)] == pytest.approx([0, 0.1, 0.2, 0.3, 0.4])
+    constant = _model(DartsSearch, edge_drop_path=0.3, edge_drop_path_schedule="constant")
+    assert constant.edge_drop_path_prob(0, 5) == 0.3
+
+
+def test_edge_drop_path_drops_whole_edge_outputs_in_training_only():
+    model = _model(DartsSearch)
+    x, _ = _batch()
+    weights = {k: w.detach() for k, w in model.arch_weights().items()}
+    model.supernet.eval()
+    clean = model.supernet(x, weights)
+    model.supernet.edge_drop_path_prob = 0.5
+    assert torch.equal(model.supernet(x, weights), clean)  # eval: no drop
+    model.supernet.train()
+    torch.manual_seed(1)
+    a = model.supernet(x, weights)
+    torch.manual_seed(2)
+    b = model.supernet(x, weights)
+    assert not torch.equal(a, b)
+
+
+def test_edge_drop_path_on_a_space_without_it_is_refused():
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="darts and nb201 spaces"):
+        DartsSearch(space="spos", edge_drop_path=0.2)
+
+
+def test_nb201_auxiliary_skip_and_drop_path():
+    model = _model(DartsMinusSearch, space="nb201")
+    supernet = model.supernet.eval()
+    cell = next(c for c in supernet.cells if type(c).__name__ == "NB201SearchCell")
+    x = torch.randn(2, 4, 8, 8)
+    per_edge = [w.detach() for w in model.arch_weights().values()]
+    with torch.no_grad():
+        plain, with_beta = cell(x, per_edge), cell(x, per_edge, auxiliary_weight=0.5)
+        node1_plain = cell.edges["1<-0"](x, per_edge[0])
+    assert not torch.equal(plain, with_beta)
+    # node 1 reads x through one edge: the auxiliary skip adds 0.5 x there
+    nodes = []
+    hook = cell.edges["2<-1"].register_forward_hook(lambda m, i, o: nodes.append(i[0]))
+    with torch.no_grad():
+        cell(x, per_edge, auxiliary_weight=0.5)
+    hook.remove()
+    torch.testing.assert_close(nodes[0], node1_plain + 0.5 * x)
+
+
+# --- SDARTS -------------------------------------------------------------------------------------
+def test_clip_to_simplex_is_sdarts_clip():
+    torch.testing.assert_close(clip_to_simplex(torch.tensor([0.5, -0.2, 1.5])), torch.tensor([1 / 3, 0.0, 2 / 3]))
+    assert torch.equal(clip_to_simplex(torch.tensor([-0.1, -0.3])), torch.tensor([1.0, 0.0]))
+
+
+def test_random_smoothing_stays_within_epsilon_and_on_the_simplex():
+    model = _model(SDartsSearch, perturbation="random", excluded_candidates=["none"])
+    eps = model.epsilon(25, 50)
+    assert eps == pytest.approx(0.03 + 0.27 * 0.5)
+    clean = {k: w.detach() for k, w in model.arch_weights().items()}
+    noisy = model._noise(clean, eps, "random")
+    none = supernets.get("darts").primitives.index("none")
+    for label, w in noisy.items():
+        assert float(w.sum()) == pytest.approx(1.0) and float(w.min()) >= 0 and w[none] == 0
+        # before renormalisation each entry moved by at most eps: the clamp only shrinks the move
+        assert float((w * 1 - clean[label]).abs().max()) <= 2 * eps + 1e-6
+    assert any(not torch.equal(noisy[k], clean[k]) for k in clean)
+
+
+def test_adversarial_perturbation_does_not_lower_the_training_loss():
+    model = _model(SDartsSearch, perturbation="adversarial", attack_steps=3)
+    model.supernet.train()
+    batch = _batch(8)
+    clean = {k: w.detach() for k, w in model.arch_weights().items()}
+    model.supernet.eval()
+    with torch.no_grad():
+        before = float(model.loss_and_accuracy(batch, clean)[0])
+    model.supernet.train()
+    adversarial = model.adversarial_perturbation(batch)
+    assert model.supernet.training  # the attack runs in eval mode and restores the mode
+    model.supernet.eval()
+    with torch.no_grad():
+        after = float(model.loss_and_accuracy(batch, adversarial)[0])
+    assert after >= before
+    eps = model.current_epsilon()
+    for label, w in adversarial.items():
+        assert float(w.sum()) == pytest.approx(1.0) and float(w.min()) >= 0
+        assert float((w - clean[label]).abs().max()) <= 2 * eps + 1e-6
+
+
+# --- DARTS- -------------------------------------------------------------------------------------
+def test_darts_minus_beta_schedule_is_the_published_linear_decay():
+    model = _model(DartsMinusSearch)
+    betas, beta = [], 1.0
+    for epoch in range(50):
+        beta = model.beta(epoch, 50, beta)
+        betas.append(beta)
+    assert betas[0] == 1.0 and betas[-1] == pytest.approx(0.02)
+    assert betas == pytest.approx([(50 - e) / 50 for e in range(50)])
+
+
+def test_auxiliary_skip_adds_beta_times_skip_outside_the_softmax():
+    model = _model(DartsMinusSearch)
+    supernet = model.supernet.eval()
+    cell = supernet.cells[0]  # a normal cell: the auxiliary op is an identity
+    s = torch.randn(2, 12, 8, 8)  # the stem's 3 * C channels
+    weights = {k: w.detach() for k, w in model.arch_weights().items()}
+    with torch.no_grad():
+        without = cell(s, s, weights, auxiliary_weight=0.0)
+        with_beta = cell(s, s, weights, auxiliary_weight=0.3)
+        inputs = cell.preprocess0(s) + cell.preprocess1(s)
+    C = inputs.shape[1]  # node 2 (the first C channels) reads the two inputs, each by one edge
+    torch.testing.assert_close(with_beta[:, :C] - without[:, :C], 0.3 * inputs, atol=1e-5, rtol=1e-4)
+    assert type(supernet.cells[1].auxiliary_ops[0]).__name__ == "FactorizedReduce"
+    assert type(supernet.cells[1].auxiliary_ops[4]).__name__ == "Identity"  # node 3 <- node 2
+
+
+# --- FairDARTS ----------------------------------------------------------------------------------
+def test_fairdarts_weights_are_independent_sigmoids_and_the_zero_one_loss_is_by_hand():
+    model = _model(FairDartsSearch, excluded_candidates=["none"])
+    with torch.no_grad():
+        for a in model.alphas.values():
+            a.copy_(torch.randn_like(a))
+    none = supernets.get("darts").primitives.index("none")
+    by_hand, count = 0.0, 0
+    for label, w in model.arch_weights().items():
+        alpha = model.alphas[label].detach()
+        assert float(w[none]) == 0
+        for k in range(8):
+            if k != none:
+                assert float(w[k]) == pytest.approx(1 / (1 + math.exp(-float(alpha[k]))))
+                by_hand += (1 / (1 + math.exp(-float(alpha[k]))) - 0.5) ** 2
+                count += 1
+    assert count == 28 * 7
+    assert float(model.zero_one_loss().detach()) == pytest.approx(-by_hand / count, rel=1e-5)
+
+
+def test_fairdarts_zero_one_loss_pushes_sigmoids_away_from_one_half():
+    model = _model(FairDartsSearch)
+    with torch.no_grad():
+        for a in model.alphas.values():
+            a.fill_(0.1)
+    model.zero_one_loss().backward()
+    assert all(bool((a.grad < 0).all()) for a in model.alphas.values())  # descent raises alpha > 0
+
+
+def test_fairdarts_export_is_the_threshold_rule():
+    model = _model(FairDartsSearch, excluded_candidates=["none"])
+    with torch.no_grad():
+        for a in model.alphas.values():
+            a.fill_(-3.0)
+        model.alphas["normal/2<-1"][4] = 3.0  # sigmoid 0.95: sep_conv_3x3 from input 1
+    arch = model.export()
+    assert arch["normal/2"] == ((4, 1),) and all(arch[k] == () for k in arch if k != "normal/2")
+    darts_rule = _model(FairDartsSearch, genotype_rule="darts")
+    assert all(len(v) == 2 for v in darts_rule.export().values())
+
+
+# --- DrNAS --------------------------------------------------------------------------------------
+def test_drnas_pathwise_gradient_is_unbiased_for_the_dirichlet_mean():
+    """The mean of the sampled gradient of v . w equals the gradient of v . E[w], E[w] = beta / sum(beta)."""
+    model = _model(DrnasSearch, space="nb201")
+    with torch.no_grad():
+        for a in model.alphas.values():
+            a.copy_(torch.randn_like(a))
+    label, alpha = "1<-0", model.alphas["1<-0"]
+    v = torch.tensor([0.3, -1.0, 2.0, 0.5, -0.7])
+    total = torch.zeros(5)
+    draws = 3000
+    for i in range(draws):
+        alpha.grad = None
+        (model.sampled_weights(f"mc/{i}")[label] * v).sum().backward()
+        total += alpha.grad
+    beta = F.elu(alpha) + 1
+    (expected,) = torch.autograd.grad((beta / beta.sum() * v).sum(), alpha)
+    torch.testing.assert_close(total / draws, expected, atol=0.03, rtol=0.1)
+
+
+def test_drnas_sample_is_on_the_simplex_and_excluded_candidates_get_zero():
+    model = _model(DrnasSearch, excluded_candidates=["none"])
+    none = supernets.get("darts").primitives.index("none")
+    for w in model.sampled_weights("x").values():
+        assert float(w[none]) == 0 and float(w.detach().sum()) == pytest.approx(1.0) and bool((w >= 0).all())
+
+
+def test_drnas_kl_is_against_the_uniform_dirichlet_by_hand():
+    model = _model(DrnasSearch, space="nb201", reg_type="kl", reg_scale=0.5)
+    with torch.no_grad():  # away from alpha = 0, where the KL (1e-5) is below float32 rounding
+        for a in model.alphas.values():
+            a.copy_(torch.randn_like(a))
+    assert model.arch_decay() == 0.0  # kl: no Adam decay on alpha
+    by_hand = 0.0
+    for alpha in model.alphas.values():
+        b = (F.elu(alpha) + 1).detach().double()
+        b0, K = b.sum(), b.shape[0]
+        # KL(Dir(b) || Dir(1)) = lgamma(b0) - sum lgamma(b) - lgamma(K) + sum (b - 1)(digamma(b) - digamma(b0))
+        by_hand += float(torch.lgamma(b0) - torch.lgamma(b).sum() - math.lgamma(K)
+                         + ((b - 1) * (torch.digamma(b) - torch.digamma(b0))).sum())
+    assert float(model.kl_regulariser().detach()) == pytest.approx(0.5 * by_hand, rel=1e-5)
+    assert _model(DrnasSearch, space="nb201", reg_scale=2e-3, arch_weight_decay=0.5).arch_decay() == 2e-3
+
+
+# --- SNAS ---------------------------------------------------------------------------------------
+def test_concrete_sample_is_softmax_of_perturbed_logits():
+    alpha = torch.randn(8)
+    z = concrete_sample(alpha, 0.5, torch.Generator().manual_seed(3))
+    g = -torch.empty(8).exponential_(generator=torch.Generator().manual_seed(3)).log()
+    torch.testing.assert_close(z, F.softmax((alpha + g) / 0.5, -1))
+
+
+def test_snas_temperature_is_the_linear_schedule_over_150_epochs():
+    model = _model(SnasSearch, space="nb201", resource_lambda=0.0)
+    assert model.temperature(0, 10) == pytest.approx((1 - 1 / 150) * 0.97 + 0.03)
+    assert model.temperature(149, 150) == pytest.approx(0.03)
+    assert model.temperature(500, 150) == pytest.approx(0.03)
+
+
+def test_snas_costs_follow_its_operations():
+    assert candidate_costs("sep_conv_3x3", 16, 32, 1) == (2 * 16 * 9 + 2 * 256, (2 * 16 * 9 + 2 * 256) * 1024,
+                                                           1024 * 8 * 16 + 2 * 16 * 9 + 2 * 256)
+    assert candidate_costs("skip_connect", 16, 16, 2)[0] == 2 * 16 * 8
+    assert candidate_costs("none", 16, 32, 1) == (0, 0, 0)
+
+
+def test_snas_resource_penalty_is_the_mean_log_expected_cost():
+    model = _model(SnasSearch)
+    x, _ = _batch()
+    z = model.sampled_weights()
+    penalty = model.resource_penalty(z, x)
+    total = [0.0, 0.0]
+    for reduce, label, costs in model._costs:
+        expected = (z[label].double() @ costs).tolist()
+        total[reduce] += sum(math.log(v if abs(v) >= 1 else 1.0) for v in expected) / 3
+    assert float(penalty.detach()) == pytest.approx(1.5e-3 * (total[0] / 6 + total[1] / 2), rel=1e-5)
+    penalty.backward()
+    assert all(a.grad is not None for a in model.alphas.values())
+
+
+def test_snas_loss_reaches_weights_and_alphas_through_one_batch():
+    """SNAS's step is one backward of CE + penalty on one training batch: both levels get gradient."""
+    model = _model(SnasSearch)
+    x, y = _batch()
+    z = model.sampled_weights()
+    (model.loss_and_accuracy((x, y), z)[0] + model.resource_penalty(z, x)).backward()
+    assert all(a.grad is not None and float(a.grad.abs().sum()) > 0 for a in model.alphas.values())
+    assert all(p.grad is not None for p in model.supernet.stem.parameters())
+
+
+# --- end to end ---------------------------------------------------------------------------------
+CLI = ["--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+       "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+       "--trainer.enable_model_summary", "false", "--model.init_args.space", "darts",
+       "--model.init_args.space_options", "{C: 4, layers: 3}"]
+
+
+@pytest.mark.parametrize("algorithm, extra", [
+    ("SDartsSearch", ["--model.init_args.perturbation", "random", "--model.init_args.excluded_candidates", "[none]"]),
+    ("SDartsSearch", ["--model.init_args.perturbation", "adversarial", "--model.init_args.attack_steps", "2"]),
+    ("DartsMinusSearch", []),
+    ("DartsSearch", ["--model.init_args.edge_drop_path", "0.2"]),
+    ("SnasSearch", ["--data.init_args.bilevel", "false"]),
+    ("FairDartsSearch", ["--model.init_args.excluded_candidates", "[none]", "--model.init_args.threshold", "0.5"]),
+    ("DrnasSearch", ["--model.init_args.excluded_candidates", "[none]", "--model.init_args.reg_type", "kl"]),
+])
+def test_variant_search_end_to_end(tmp_path, monkeypatch, algorithm, extra):
+    monkeypatch.chdir(tmp_path)
+    main(["search", "--model", f"oneshot.algorithms.{algorithm}", *CLI, *extra])
+    root = os.path.join("runs", "search")
+    run = os.path.join(root, sorted(os.listdir(root))[-1])
+    space = supernets.get("darts")
+    arch = space.load(os.path.join(run, "arch.json"))
+    model = load_algorithm(os.path.join(run, "checkpoints", "last.ckpt"))
+    assert type(model) is ALGORITHMS[next(k for k, v in ALGORITHMS.items() if v.__name__ == algorithm)]
+    assert model.export() == arch
