@@ -124,7 +124,8 @@ def plot(runs: Sequence[CollapseRun], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     algorithms = list(dict.fromkeys(r.algorithm for r in runs))
-    colours = {a: plt.get_cmap("tab10")(i % 10) for i, a in enumerate(algorithms)}
+    palette = plt.get_cmap("tab10" if len(algorithms) <= 10 else "tab20")
+    colours = {a: palette(i % palette.N) for i, a in enumerate(algorithms)}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, signal, title in ((axes[0], "skip_connect", "skip_connect ops in the current architecture"),
                               (axes[1], "eigenvalue", "dominant Hessian eigenvalue (validation loss, alpha)")):
