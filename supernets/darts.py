@@ -36,7 +36,7 @@ from ops.candidates import FactorizedReduce, Identity, ReLUConvBN, build_candida
 from ops.mixed import MixedOp, PartialChannelMixedOp, SampledPath
 from supernets.registry import register
 from supernets.base import Arch, SearchSpace, Supernet, check_edge_weights
-from supernets.labels import edge_label, node_index, node_of
+from supernets.labels import cell_of, edge_label, node_index, node_of
 
 # genotypes.PRIMITIVES, in index order (the column order of alphas_normal / alphas_reduce).
 PRIMITIVES: tuple[str, ...] = (
@@ -74,6 +74,30 @@ EDGE_LABELS: tuple[str, ...] = tuple(edge_labels())
 NODE_LABELS: tuple[str, ...] = tuple(node_labels())
 
 
+def check_edge_candidates(edge_candidates: Mapping[str, Sequence[Sequence[str]]] | None, steps: int = STEPS
+                          ) -> dict[str, list[list[str]]] | None:
+    """``{"normal": [[op, ...] per edge], "reduce": [...]}`` checked: every edge of both cell types,
+    known ops in PRIMITIVES order, none empty."""
+    if edge_candidates is None:
+        return None
+    edges = sum(range(2, 2 + steps))
+    if set(edge_candidates) != set(CELL_TYPES):
+        raise ValueError(f"edge_candidates needs the cell types {list(CELL_TYPES)}, got {sorted(edge_candidates)}")
+    checked = {}
+    for cell_type in CELL_TYPES:
+        lists = [list(ops) for ops in edge_candidates[cell_type]]
+        if len(lists) != edges:
+            raise ValueError(f"edge_candidates[{cell_type!r}] has {len(lists)} edges; a cell of {steps} "
+                             f"nodes has {edges}")
+        for k, ops in enumerate(lists):
+            unknown = [op for op in ops if op not in PRIMITIVES]
+            if unknown or not ops or ops != sorted(set(ops), key=PRIMITIVES.index):
+                raise ValueError(f"edge_candidates[{cell_type!r}][{k}] = {ops}: give distinct ops of "
+                                 f"{', '.join(PRIMITIVES)}, in that order, at least one")
+        checked[cell_type] = lists
+    return checked
+
+
 # ---------------------------------------------------------------------------------------------
 # Supernet (model_search.py)
 
@@ -90,7 +114,8 @@ class SearchCell(nn.Module):
 
     def __init__(self, cell_type: str, steps: int, multiplier: int, C_prev_prev: int, C_prev: int,
                  C: int, reduction: bool, reduction_prev: bool, affine: bool = False,
-                 partial_channels: int = 1, bn_after_pool: bool = True, auxiliary_skip: bool = False):
+                 partial_channels: int = 1, bn_after_pool: bool = True, auxiliary_skip: bool = False,
+                 edge_candidates: Sequence[Sequence[str]] | None = None, skip_dropout: bool = False):
         super().__init__()
         self.cell_type = cell_type
         self.reduction = reduction
@@ -105,14 +130,20 @@ class SearchCell(nn.Module):
         for i in range(2, 2 + steps):
             for j in range(i):
                 stride = 2 if reduction and j < 2 else 1  # only the cell inputs are strided
+                candidates = PRIMITIVES if edge_candidates is None else tuple(edge_candidates[len(meta)])
                 # DARTS- model_search.py MixedOp: its own FactorizedReduce on strided edges
                 auxiliary_ops.append(FactorizedReduce(C, C, affine=False) if stride == 2 else Identity())
                 mixed_ops.append(
-                    MixedOp(PRIMITIVES, C, stride, affine=affine, bn_after_pool=bn_after_pool)
+                    MixedOp(candidates, C, stride, affine=affine, bn_after_pool=bn_after_pool)
                     if partial_channels == 1 else
-                    PartialChannelMixedOp(PRIMITIVES, C, stride, affine=affine,
+                    PartialChannelMixedOp(candidates, C, stride, affine=affine,
                                           bn_after_pool=bn_after_pool,
                                           partial_channels=partial_channels))
+                if skip_dropout and stride == 1 and "skip_connect" in candidates:
+                    # P-DARTS model_search.py MixedOp: nn.Sequential(Identity, nn.Dropout(p))
+                    ops = mixed_ops[-1].ops
+                    k = candidates.index("skip_connect")
+                    ops[k] = nn.Sequential(ops[k], nn.Dropout(0.0))
                 meta.append((edge_label(f"{cell_type}/{i}", j), j, j == i - 1))
         self.mixed_ops = nn.ModuleList(mixed_ops)
         self.auxiliary_ops = nn.ModuleList(auxiliary_ops) if auxiliary_skip else None
@@ -156,6 +187,12 @@ class DartsSupernet(Supernet):
     ``NASNetworkGDAS.lastact``, an affine BN + ReLU on the last cell's output before the global
     pooling. The defaults leave DARTS's parameters and state dict keys unchanged.
 
+    ``edge_candidates`` (P-DARTS's switches) gives each edge its own candidates:
+    ``{"normal": [[op, ...] x 14], "reduce": [...]}`` in PRIMITIVES order, so ``choices[label]``
+    is that edge's tuple and a dense decision has one weight per candidate of the edge.
+    ``skip_dropout`` follows every stride-1 ``skip_connect`` by a dropout whose rate
+    :meth:`set_skip_dropout` sets (P-DARTS).
+
     Two attributes that algorithms set between steps, read at every forward (0 = off):
     ``edge_drop_path_prob`` drops whole samples of every edge's output in training (R-DARTS's
     ScheduledDropPath, SNAS's search drop path), and ``auxiliary_skip_weight`` is DARTS-'s beta,
@@ -167,11 +204,16 @@ class DartsSupernet(Supernet):
     def __init__(self, num_classes: int = 10, C: int = 16, layers: int = 8, steps: int = 4,
                  multiplier: int = 4, stem_multiplier: int = 3, affine: bool = False,
                  in_channels: int = 3, partial_channels: int = 1, bn_after_pool: bool = True,
-                 last_activation: bool = False, auxiliary_skip: bool = False):
+                 last_activation: bool = False, auxiliary_skip: bool = False,
+                 edge_candidates: Mapping[str, Sequence[Sequence[str]]] | None = None,
+                 skip_dropout: bool = False):
         super().__init__()
         self.edge_drop_path_prob = 0.0
         self.auxiliary_skip_weight = 1.0 if auxiliary_skip else 0.0
-        self.choices: dict[str, tuple[str, ...]] = {label: PRIMITIVES for label in edge_labels(steps)}
+        candidates = check_edge_candidates(edge_candidates, steps)
+        self.choices: dict[str, tuple[str, ...]] = {
+            label: PRIMITIVES if candidates is None else tuple(candidates[cell_of(label)][k % len(candidates["normal"])])
+            for k, label in enumerate(edge_labels(steps))}
         self.steps, self.multiplier = steps, multiplier
         C_curr = stem_multiplier * C
         # The stem BN is the only affine BN of the search network (model_search.py Network).
@@ -185,7 +227,9 @@ class DartsSupernet(Supernet):
                 C_curr *= 2
             cells.append(SearchCell("reduce" if reduction else "normal", steps, multiplier,
                                     C_prev_prev, C_prev, C_curr, reduction, reduction_prev, affine,
-                                    partial_channels, bn_after_pool, auxiliary_skip))
+                                    partial_channels, bn_after_pool, auxiliary_skip,
+                                    None if candidates is None else candidates["reduce" if reduction else "normal"],
+                                    skip_dropout))
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
         self.cells = nn.ModuleList(cells)
@@ -194,6 +238,12 @@ class DartsSupernet(Supernet):
                                           if last_activation else None)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
+
+    def set_skip_dropout(self, p: float) -> None:
+        """The rate of every skip dropout (``skip_dropout=True``)."""
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = float(p)
 
     def forward(self, x: torch.Tensor, decisions: Mapping[str, EdgeDecision]) -> torch.Tensor:
         s0 = s1 = self.stem(x)
@@ -850,14 +900,17 @@ class DartsSpace(SearchSpace):
     def build_supernet(self, num_classes: int = 10, C: int = 16, layers: int = 8, steps: int = 4,
                        multiplier: int = 4, stem_multiplier: int = 3, affine: bool = False,
                        in_channels: int = 3, partial_channels: int = 1, bn_after_pool: bool = True,
-                       last_activation: bool = False, auxiliary_skip: bool = False) -> DartsSupernet:
+                       last_activation: bool = False, auxiliary_skip: bool = False,
+                       edge_candidates: Mapping[str, Sequence[Sequence[str]]] | None = None,
+                       skip_dropout: bool = False) -> DartsSupernet:
         """The search network of train_search.py (8 cells, C=16 by default); ``partial_channels``
         K > 1 gives PC-DARTS's (model_search.py, K = 4); ``bn_after_pool=False`` and
         ``last_activation=True`` give GDAS's NASNet-space one (xautodl ``NASNetworkGDAS``);
-        ``auxiliary_skip=True`` DARTS-'s (an auxiliary skip on every edge)."""
+        ``auxiliary_skip=True`` DARTS-'s (an auxiliary skip on every edge); ``edge_candidates`` and
+        ``skip_dropout`` P-DARTS's (a candidate set per edge, dropout after skips)."""
         return DartsSupernet(num_classes, C, layers, steps, multiplier, stem_multiplier, affine,
                              in_channels, partial_channels, bn_after_pool, last_activation,
-                             auxiliary_skip)
+                             auxiliary_skip, edge_candidates, skip_dropout)
 
     def network_options(self, supernet_options: Mapping[str, Any]) -> dict[str, Any]:
         """None: the search supernet (8 cells, C=16) is not the network a genotype is evaluated

@@ -19,6 +19,7 @@ from oneshot.algorithms.fairdarts import FairDartsSearch
 from oneshot.algorithms.gdas import GdasSearch
 from oneshot.algorithms.ofa import OfaSearch
 from oneshot.algorithms.pcdarts import PCDartsSearch
+from oneshot.algorithms.pdarts import PDartsSearch
 from oneshot.algorithms.rsps import RandomSinglePathSearch
 from oneshot.algorithms.sdarts import SDartsSearch
 from oneshot.algorithms.single_path import SinglePathSearch
@@ -28,7 +29,7 @@ from oneshot.checkpoints import capture_random_state, read_checkpoint, restore_r
 
 ALGORITHMS = {"darts": DartsSearch, "pcdarts": PCDartsSearch, "gdas": GdasSearch,
               "sdarts": SDartsSearch, "darts_minus": DartsMinusSearch, "fairdarts": FairDartsSearch,
-              "drnas": DrnasSearch, "snas": SnasSearch,
+              "drnas": DrnasSearch, "snas": SnasSearch, "pdarts": PDartsSearch,
               "rsps": RandomSinglePathSearch, "spos": SposSearch,
               "enas": EnasSearch, "ofa": OfaSearch}
 
@@ -99,4 +100,4 @@ def load_algorithm(ckpt: str | Path) -> SupernetTraining:
 
 __all__ = ["SupernetTraining", "DifferentiableSearch", "SinglePathSearch", "DartsSearch",
            "PCDartsSearch", "GdasSearch", "SDartsSearch", "DartsMinusSearch", "FairDartsSearch",
-           "DrnasSearch", "SnasSearch", "RandomSinglePathSearch", "OfaSearch", "ALGORITHMS", "load_algorithm"]
+           "DrnasSearch", "SnasSearch", "PDartsSearch", "RandomSinglePathSearch", "OfaSearch", "ALGORITHMS", "load_algorithm"]

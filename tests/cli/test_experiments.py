@@ -217,6 +217,9 @@ def test_ofa_imagenet_is_the_released_script():
     ("rdarts_dp_cifar10.yaml", "DartsSearch", {"edge_drop_path": 0.2, "edge_drop_path_schedule": "linear",
                                                "unrolled": True}),
     ("rdarts_l2_cifar10.yaml", "DartsSearch", {"weight_decay": 9e-4, "unrolled": True}),
+    ("pdarts_cifar10.yaml", "PDartsSearch", {"stage_layers": [5, 11, 17], "dropout_rates": [0.1, 0.4, 0.7],
+                                             "arch_warmup_epochs": 10, "arch_learning_rate": 6e-4,
+                                             "learning_rate_min": 0.0, "max_skips": 2}),
     ("drnas_nb201_cifar10.yaml", "DrnasSearch", {"reg_type": "l2", "reg_scale": 1e-3, "arch_learning_rate": 3e-4,
                                                  "learning_rate": 0.025}),
 ])

@@ -1,6 +1,7 @@
 """The DARTS variants: the piece each changes, checked by hand on a tiny supernet, and a CLI run each."""
 import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -323,3 +324,86 @@ def test_variant_search_end_to_end(tmp_path, monkeypatch, algorithm, extra):
     model = load_algorithm(os.path.join(run, "checkpoints", "last.ckpt"))
     assert type(model) is ALGORITHMS[next(k for k, v in ALGORITHMS.items() if v.__name__ == algorithm)]
     assert model.export() == arch
+
+
+# --- P-DARTS ------------------------------------------------------------------------------------
+from oneshot.algorithms.pdarts import PDartsSearch, drop_lowest, final_genotype, prune_candidates  # noqa: E402
+from supernets.darts import EDGE_LABELS, PRIMITIVES  # noqa: E402
+
+
+def test_pdarts_drop_lowest_is_get_min_k_and_get_min_k_no_zero():
+    ops = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_5x5"]
+    assert drop_lowest(ops, [0.5, 0.1, 0.2, 0.1, 0.3], 2) == ["none", "skip_connect", "dil_conv_5x5"]
+    # 'none' first (it is not among the lowest), then the lowest of the rest
+    assert drop_lowest(ops, [0.5, 0.1, 0.2, 0.1, 0.3], 2, none_first=True) == [
+        "skip_connect", "sep_conv_3x3", "dil_conv_5x5"]
+
+
+def test_pdarts_stage_transition_prunes_the_lowest_weights_per_edge():
+    candidates = {label: PRIMITIVES for label in EDGE_LABELS}
+    weights = {label: [0.3, 0.01, 0.02, 0.2, 0.15, 0.12, 0.1, 0.1] for label in EDGE_LABELS}
+    weights["reduce/5<-4"] = [0.01, 0.3, 0.2, 0.2, 0.1, 0.1, 0.05, 0.04]
+    pruned = prune_candidates(candidates, weights, 3)
+    assert pruned["normal"][0] == ["none", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_5x5"]  # tie: first dropped
+    assert pruned["reduce"][13] == ["max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5"]
+    assert all(len(ops) == 5 for cell in pruned.values() for ops in cell)
+
+
+def test_pdarts_final_rule_limits_skips_in_the_normal_cell():
+    three = ("skip_connect", "sep_conv_3x3", "dil_conv_3x3")
+    candidates = {label: three for label in EDGE_LABELS}
+    # every normal edge prefers skip (0.5) over sep_conv (0.3); edges from input 0 are stronger
+    weights = {label: [0.5 + (0.1 if label.endswith("<-0") else 0.0), 0.3, 0.2] for label in EDGE_LABELS}
+    weights["normal/2<-1"] = [0.45, 0.35, 0.2]  # the weakest selected skip: removed first
+    weights["normal/4<-0"] = weights["normal/5<-0"] = [0.9, 0.05, 0.05]  # the two that stay
+    free = final_genotype(candidates, weights, max_skips=None)
+    skip, sep3 = PRIMITIVES.index("skip_connect"), PRIMITIVES.index("sep_conv_3x3")
+    assert sum(op == skip for label, value in free.items() if label.startswith("normal") for op, _ in value) == 8
+    limited = final_genotype(candidates, weights, max_skips=2)
+    normal = {label: value for label, value in limited.items() if label.startswith("normal")}
+    assert sum(op == skip for value in normal.values() for op, _ in value) == 2
+    assert normal["normal/2"] == ((sep3, 0), (sep3, 1))  # its skips were weaker: next best op
+    assert (skip, 0) in normal["normal/4"] and (skip, 0) in normal["normal/5"]
+    assert all(j1 < j2 for value in limited.values() for (_, j1), (_, j2) in [value])  # genes in input order
+    with_none = {label: ("none", "sep_conv_3x3", "skip_connect") for label in EDGE_LABELS}
+    arch = final_genotype(with_none, {label: [0.9, 0.06, 0.04] for label in EDGE_LABELS}, None)
+    assert all(op == sep3 for value in arch.values() for op, _ in value)  # 'none' never chosen
+
+
+def test_pdarts_skip_dropout_schedule():
+    model = _model(PDartsSearch, dropout_rates=(0.1, 0.4, 0.7), stage_layers=(3, 3, 3))
+    assert model.skip_dropout_rate(0, 25) == pytest.approx(0.1 * 24 / 25)
+    assert model.skip_dropout_rate(9, 25) == pytest.approx(0.1 * 15 / 25)
+    assert model.skip_dropout_rate(10, 25) == pytest.approx(0.1)
+    assert model.skip_dropout_rate(24, 25) == pytest.approx(0.1 * math.exp(-2.8))
+    dropouts = [m for m in model.supernet.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(dropouts) == 14 + 6 + 6  # stride-1 skips: normal, reduce, reduce (8 edges from the inputs strided)
+    model.supernet.set_skip_dropout(0.25)
+    assert {m.p for m in dropouts} == {0.25}
+
+
+def test_pdarts_needs_the_previous_stage():
+    with pytest.raises(ValueError, match="prune_from"):
+        _model(PDartsSearch, stage=1, stage_layers=(3, 3, 3))
+
+
+def test_pdarts_three_stages_end_to_end(tmp_path, monkeypatch):
+    """Stage 1 and 2 start from the previous checkpoint with the pruned candidates, new weights."""
+    monkeypatch.chdir(tmp_path)
+    common = [*CLI, "--model", "oneshot.algorithms.PDartsSearch", "--model.init_args.stage_layers", "[3, 3, 3]",
+              "--model.init_args.arch_warmup_epochs", "0"]
+    previous = None
+    for stage, ops in enumerate((8, 5, 3)):
+        extra = ["--model.init_args.stage", str(stage), "--trainer.logger.init_args.version", f"stage{stage}"]
+        if previous:
+            extra += ["--model.init_args.prune_from", previous]
+        main(["search", *common, *extra])
+        run = os.path.join("runs", "search", f"stage{stage}")
+        previous = os.path.join(run, "checkpoints", "last.ckpt")
+        model = load_algorithm(previous)
+        assert {len(c) for c in model.supernet.choices.values()} == {ops}
+    arch = supernets.get("darts").load(os.path.join(run, "arch.json"))
+    assert arch == model.export() and all(len(v) == 2 for v in arch.values())
+    assert all(PRIMITIVES[op] in model.supernet.choices[f"{label}<-{j}"] for label, v in arch.items() for op, j in v)
+    shutil.rmtree(os.path.join("runs", "search", "stage1"))  # the last stage's checkpoint stands alone
+    assert load_algorithm(previous).supernet.choices == model.supernet.choices
