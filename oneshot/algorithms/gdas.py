@@ -119,6 +119,9 @@ class GdasSearch(DifferentiableSearch):
         self.save_hyperparameters()
         if not tau_max >= tau_min > 0:
             raise ValueError(f"tau_max={tau_max}, tau_min={tau_min}: need tau_max >= tau_min > 0")
+        if self.excluded:
+            raise ValueError("excluded_candidates: GDAS samples over every candidate of an edge; leave it "
+                             "empty (it is for the softmax families: DARTS, PC-DARTS, SDARTS, FairDARTS, DrNAS, SNAS)")
         if genotype_rule not in GENOTYPE_RULES:
             raise ValueError(f"genotype_rule={genotype_rule!r}; accepted: {', '.join(GENOTYPE_RULES)}")
         if genotype_rule == "pairs" and not hasattr(self.space, "discretize_pairs"):

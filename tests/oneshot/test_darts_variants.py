@@ -46,6 +46,13 @@ def test_excluded_candidates_get_weight_zero_and_no_gradient():
     assert all(float(a.grad[none]) == 0 for a in model.alphas.values())
 
 
+def test_gdas_refuses_excluded_candidates():
+    from oneshot.algorithms import GdasSearch
+
+    with pytest.raises(ValueError, match="GDAS samples over every candidate"):
+        _model(GdasSearch, excluded_candidates=["none"])
+
+
 def test_unknown_excluded_candidate_names_the_accepted_ones():
     with pytest.raises(ValueError, match="sep_conv_3x3"):
         _model(DartsSearch, excluded_candidates=["sep_conv_9x9"])
