@@ -98,6 +98,24 @@ def check_edge_candidates(edge_candidates: Mapping[str, Sequence[Sequence[str]]]
     return checked
 
 
+def candidates_per_label(edge_candidates: Mapping[str, Sequence[Sequence[str]]] | None, steps: int = STEPS
+                         ) -> dict[str, tuple[str, ...]]:
+    """Edge label -> its candidates: ``edge_candidates[cell_type][k]`` for the k-th edge of the cell,
+    every op of PRIMITIVES where None."""
+    labels = edge_labels(steps)
+    per_cell = len(labels) // len(CELL_TYPES)
+    return {label: PRIMITIVES if edge_candidates is None else tuple(edge_candidates[cell_of(label)][k % per_cell])
+            for k, label in enumerate(labels)}
+
+
+def candidates_per_cell(per_label: Mapping[str, Sequence[str]]) -> dict[str, list[list[str]]]:
+    """The inverse of :func:`candidates_per_label`: ``{"normal": [[op, ...] per edge], "reduce": ...}``."""
+    out: dict[str, list[list[str]]] = {cell_type: [] for cell_type in CELL_TYPES}
+    for label, ops in per_label.items():
+        out[cell_of(label)].append(list(ops))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Supernet (model_search.py)
 
@@ -211,9 +229,7 @@ class DartsSupernet(Supernet):
         self.edge_drop_path_prob = 0.0
         self.auxiliary_skip_weight = 1.0 if auxiliary_skip else 0.0
         candidates = check_edge_candidates(edge_candidates, steps)
-        self.choices: dict[str, tuple[str, ...]] = {
-            label: PRIMITIVES if candidates is None else tuple(candidates[cell_of(label)][k % len(candidates["normal"])])
-            for k, label in enumerate(edge_labels(steps))}
+        self.choices: dict[str, tuple[str, ...]] = candidates_per_label(candidates, steps)
         self.steps, self.multiplier = steps, multiplier
         C_curr = stem_multiplier * C
         # The stem BN is the only affine BN of the search network (model_search.py Network).

@@ -283,6 +283,11 @@ class SupernetTraining(L.LightningModule):
         self.log_dict({"val_loss": loss, "val_acc": accuracy}, prog_bar=True, on_epoch=True,
                       batch_size=batch[0].shape[0], sync_dist=True)
 
+    def planned_epochs(self) -> int:
+        """The run's ``max_epochs`` (1 outside a fit or when unset): what per-epoch schedules span."""
+        trainer = self._trainer
+        return max(int(trainer.max_epochs), 1) if trainer is not None and trainer.max_epochs else 1
+
     def is_last_epoch(self) -> bool:
         return self.trainer.max_epochs is not None and self.current_epoch >= self.trainer.max_epochs - 1
 
@@ -291,7 +296,7 @@ class SupernetTraining(L.LightningModule):
         h = self.hparams
         weights = torch.optim.SGD(self.supernet.parameters(), lr=h.learning_rate, momentum=h.momentum,
                                   weight_decay=h.weight_decay, nesterov=h.nesterov)
-        periods = max(int(self.trainer.max_epochs or 1), 1)
+        periods = self.planned_epochs()
         if h.lr_schedule_interval == "step":  # T_max in training steps
             periods = max(int(self.trainer.estimated_stepping_batches), 1)
         if h.get("cosine_t_max"):

@@ -67,7 +67,7 @@ class DartsMinusSearch(DartsSearch):
 
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
-        epochs = int(self.trainer.max_epochs or 1)
+        epochs = self.planned_epochs()
         beta = float(self.hparams.skip_beta)
         for epoch in range(self.current_epoch + 1):  # replayed, so a resumed run gets the same value
             beta = self.beta(epoch, epochs, beta)

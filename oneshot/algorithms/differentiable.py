@@ -154,7 +154,7 @@ class DifferentiableSearch(SupernetTraining):
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
         if self.hparams.get("edge_drop_path"):
-            prob = self.edge_drop_path_prob(self.current_epoch, int(self.trainer.max_epochs or 1))
+            prob = self.edge_drop_path_prob(self.current_epoch, self.planned_epochs())
             self.supernet.edge_drop_path_prob = prob
             self.log("edge_drop_path_prob", prob, on_epoch=True, sync_dist=True)
 

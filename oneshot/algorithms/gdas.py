@@ -140,8 +140,7 @@ class GdasSearch(DifferentiableSearch):
     @property
     def tau(self) -> float:
         """The temperature of the current epoch (tau_max outside a fit)."""
-        trainer = self._trainer
-        epochs = int(trainer.max_epochs) if trainer is not None and trainer.max_epochs else 1
+        epochs = self.planned_epochs()
         return self.temperature(min(self.current_epoch, max(epochs - 1, 0)), epochs)
 
     def on_train_epoch_end(self) -> None:

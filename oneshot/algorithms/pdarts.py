@@ -28,7 +28,7 @@ from oneshot.algorithms.base import all_reduce_mean, with_space_option
 from oneshot.algorithms.darts import DartsSearch
 from oneshot.checkpoints import read_checkpoint
 from supernets import Arch
-from supernets.darts import CELL_TYPES, EDGE_LABELS, NODE_LABELS, PRIMITIVES
+from supernets.darts import EDGE_LABELS, NODE_LABELS, PRIMITIVES, candidates_per_cell, candidates_per_label
 from supernets.labels import edge_label, node_index
 
 STAGE_LAYERS = (5, 11, 17)  # --layers 5, add_layers [0, 6, 12]
@@ -52,11 +52,7 @@ def drop_lowest(candidates: Sequence[str], weights: Sequence[float], drop: int, 
 def prune_candidates(candidates: Mapping[str, Sequence[str]], weights: Mapping[str, Sequence[float]],
                      drop: int) -> dict[str, list[list[str]]]:
     """The next stage's ``edge_candidates``: per edge label, ``drop`` lowest-weight candidates removed."""
-    edges = len(EDGE_LABELS) // len(CELL_TYPES)
-    out: dict[str, list[list[str]]] = {cell_type: [] for cell_type in CELL_TYPES}
-    for k, label in enumerate(EDGE_LABELS):
-        out[CELL_TYPES[k // edges]].append(drop_lowest(candidates[label], weights[label], drop))
-    return out
+    return candidates_per_cell({label: drop_lowest(candidates[label], weights[label], drop) for label in EDGE_LABELS})
 
 
 def final_genotype(candidates: Mapping[str, Sequence[str]], weights: Mapping[str, Sequence[float]],
@@ -144,7 +140,7 @@ class PDartsSearch(DartsSearch):
 
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
-        rate = self.skip_dropout_rate(self.current_epoch, int(self.trainer.max_epochs or 1))
+        rate = self.skip_dropout_rate(self.current_epoch, self.planned_epochs())
         self.supernet.set_skip_dropout(rate)
         self.log("skip_dropout", rate, on_epoch=True, sync_dist=True)
 
@@ -198,10 +194,7 @@ def _pruned(checkpoint_path: str, stage: int) -> dict[str, list[list[str]]]:
     if checkpoint["oneshot"]["algorithm"] != "PDartsSearch" or hparams.get("stage") != stage - 1:
         raise ValueError(f"prune_from {checkpoint_path}: a PDartsSearch checkpoint of stage {stage - 1} is "
                          f"needed, got {checkpoint['oneshot']['algorithm']} stage {hparams.get('stage')}")
-    previous = (hparams.get("space_options") or {}).get("edge_candidates")
-    edges = len(EDGE_LABELS) // len(CELL_TYPES)
-    candidates = {label: (PRIMITIVES if previous is None else previous[CELL_TYPES[k // edges]][k % edges])
-                  for k, label in enumerate(EDGE_LABELS)}
+    candidates = candidates_per_label((hparams.get("space_options") or {}).get("edge_candidates"))
     state = checkpoint["state_dict"]
     weights = {label: F.softmax(state[f"alphas.{label}"].float(), dim=-1).tolist() for label in EDGE_LABELS}
     return prune_candidates(candidates, weights, NUM_TO_DROP[stage - 1])

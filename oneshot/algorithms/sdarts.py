@@ -68,8 +68,7 @@ class SDartsSearch(DartsSearch):
         return float(h.epsilon_start + (h.epsilon - h.epsilon_start) * epoch / max(epochs, 1))
 
     def current_epsilon(self) -> float:
-        trainer = self._trainer
-        epochs = int(trainer.max_epochs) if trainer is not None and trainer.max_epochs else 1
+        epochs = self.planned_epochs()
         return self.epsilon(self.current_epoch, epochs)
 
     # --- the perturbations ------------------------------------------------------------------

@@ -123,8 +123,7 @@ class SnasSearch(DifferentiableSearch):
 
     @property
     def tau(self) -> float:
-        trainer = self._trainer
-        epochs = int(trainer.max_epochs) if trainer is not None and trainer.max_epochs else 1
+        epochs = self.planned_epochs()
         return self.temperature(self.current_epoch, epochs)
 
     def sampled_weights(self) -> dict[str, torch.Tensor]:
