@@ -282,7 +282,7 @@ def node_groups(genotype: Sequence[GenotypeEntry] | Sequence[Sequence[GenotypeEn
                 ) -> list[list[GenotypeEntry]]:
     """A cell's entries per intermediate node: a flat DARTS list (two per node) is chunked."""
     entries = list(genotype)
-    if entries and isinstance(entries[0], tuple) and len(entries[0]) == 2 and isinstance(entries[0][0], str):
+    if entries and isinstance(entries[0], (list, tuple)) and len(entries[0]) == 2 and isinstance(entries[0][0], str):
         return [list(entries[k:k + 2]) for k in range(0, len(entries), 2)]
     return [list(node) for node in entries]
 

@@ -100,3 +100,11 @@ def test_fairdarts_text_with_too_many_entries_is_refused(space):
         "('max_pool_3x3', 4, 0)", "('max_pool_3x3', 4, 0), ('skip_connect', 4, 1), ('skip_connect', 4, 2)")
     with pytest.raises(ValueError, match="at most 2 per node"):
         space.parse(text)
+
+
+def test_cell_reads_a_flat_genotype_written_as_json_lists(space):
+    flat = space.genotype_lists(space.genotypes["DARTS_V2"])["normal"]
+    as_json = [list(entry) for entry in flat]
+    a = Cell(flat, 4, 4, 4, reduction=False, reduction_prev=False)
+    b = Cell(as_json, 4, 4, 4, reduction=False, reduction_prev=False)
+    assert a.op_meta == b.op_meta and a.multiplier == b.multiplier == 4
