@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from typing import Any, Mapping
 
 import lightning as L
@@ -269,11 +270,18 @@ class SupernetTraining(L.LightningModule):
         """Bring the cosine to this epoch (DARTS: stepped at the start of each epoch) or to this
         step; catching up to the counter also makes a resumed run continue on the right lr."""
         schedule = self.lr_schedulers()
-        target = self.current_epoch
+        target = self.current_epoch + self.epochs_before()
         if self.hparams.lr_schedule_interval == "step":
-            target = self.current_epoch * int(self.trainer.num_training_batches) + batch_idx
-        while schedule.last_epoch < target:
-            schedule.step()
+            target = target * int(self.trainer.num_training_batches) + batch_idx
+        with warnings.catch_warnings():  # catching up before the first optimizer step is meant
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+            while schedule.last_epoch < target:
+                schedule.step()
+
+    def epochs_before(self) -> int:
+        """Epochs of the learning-rate schedule that earlier runs spent (a stage that continues
+        its predecessor's cosine, as DrNAS's second stage); 0 for a run of its own."""
+        return 0
 
     def on_train_epoch_end(self) -> None:
         self.log("lr", self.lr_schedulers().get_last_lr()[0], on_epoch=True, sync_dist=True)

@@ -178,7 +178,20 @@ class DifferentiableSearch(SupernetTraining):
         fired; otherwise the space's rule (argmax for NB201, top-2 for DARTS) on the weights."""
         if self.eigenvalue_early_stop.stopped:
             return self.eigenvalue_early_stop.stop_arch
-        return self.space.discretize({k: w.detach().cpu() for k, w in self.arch_weights().items()})
+        return self.space.discretize(self.full_weights())
+
+    def full_weights(self) -> dict[str, torch.Tensor]:
+        """Each edge's weights over all of the space's candidates: an edge searching a subset
+        (``edge_candidates``: P-DARTS, DrNAS stage 1) gives 0 to the others."""
+        primitives = tuple(getattr(self.space, "primitives", ()))
+        out = {}
+        for label, weights in self.arch_weights().items():
+            weights, ops = weights.detach().cpu(), tuple(self.supernet.choices[label])
+            if ops != primitives and primitives:
+                weights = weights.new_zeros(len(primitives)).index_put_(
+                    (torch.tensor([primitives.index(op) for op in ops]),), weights)
+            out[label] = weights
+        return out
 
     def after_validation_epoch(self) -> None:
         arch = self.export()

@@ -158,22 +158,10 @@ class PDartsSearch(DartsSearch):
         return loss.detach()
 
     # --- export -------------------------------------------------------------------------------
-    def full_weights(self) -> dict[str, torch.Tensor]:
-        """Each edge's weights over all of PRIMITIVES (0 for pruned candidates)."""
-        out = {}
-        for label, w in self.arch_weights().items():
-            full = torch.zeros(len(PRIMITIVES))
-            for op, value in zip(self.supernet.choices[label], w.detach().cpu()):
-                full[PRIMITIVES.index(op)] = value
-            out[label] = full
-        return out
-
     def export_rule(self) -> Arch:
         """The last stage: P-DARTS's final rule; before it, DARTS's rule on the current weights."""
-        if self.eigenvalue_early_stop.stopped:
+        if self.eigenvalue_early_stop.stopped or self.hparams.stage < 2:
             return super().export_rule()
-        if self.hparams.stage < 2:
-            return self.space.discretize(self.full_weights())
         weights = {k: w.detach().cpu().tolist() for k, w in self.arch_weights().items()}
         return final_genotype(self.supernet.choices, weights, self.hparams.max_skips)
 

@@ -222,6 +222,10 @@ def test_ofa_imagenet_is_the_released_script():
                                              "learning_rate_min": 0.0, "max_skips": 2}),
     ("drnas_nb201_cifar10.yaml", "DrnasSearch", {"reg_type": "l2", "reg_scale": 1e-3, "arch_learning_rate": 3e-4,
                                                  "learning_rate": 0.025}),
+    ("drnas_cifar10.yaml", "DrnasSearch", {"stage": 0, "stage_partial_channels": [6, 4], "keep_candidates": 4,
+                                           "arch_warmup_epochs": 10, "cosine_t_max": 50, "learning_rate": 0.1,
+                                           "learning_rate_min": 0.0, "arch_learning_rate": 6e-4,
+                                           "space_options": {"C": 36, "layers": 20}}),
 ])
 def test_variant_configs_hold_the_published_values(name, model_class, values):
     config = _load(name)

@@ -414,3 +414,120 @@ def test_pdarts_three_stages_end_to_end(tmp_path, monkeypatch):
     assert all(PRIMITIVES[op] in model.supernet.choices[f"{label}<-{j}"] for label, v in arch.items() for op, j in v)
     shutil.rmtree(os.path.join("runs", "search", "stage1"))  # the last stage's checkpoint stands alone
     assert load_algorithm(previous).supernet.choices == model.supernet.choices
+
+
+# --- DrNAS's progressive DARTS-space search --------------------------------------------------------
+from oneshot.algorithms.drnas import SEARCHED, top_candidates  # noqa: E402
+from oneshot.checkpoints import read_checkpoint  # noqa: E402
+from ops.net2wider import supernet_plan  # noqa: E402
+
+DRNAS_STAGES = ["--model", "oneshot.algorithms.DrnasSearch", "--trainer.max_epochs", "1",
+                "--trainer.enable_progress_bar", "false", "--trainer.limit_train_batches", "2",
+                "--trainer.limit_val_batches", "1", "--trainer.enable_model_summary", "false",
+                "--model.init_args.space", "darts", "--model.init_args.space_options", "{C: 12, layers: 3}",
+                "--model.init_args.cosine_t_max", "2", "--model.init_args.arch_warmup_epochs", "0"]
+
+
+def test_drnas_prune_keeps_the_largest_raw_alphas_in_space_order():
+    ops = ["max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5"]
+    assert top_candidates(ops, [0.3, -1.0, 0.3, 2.0, 0.1], 3) == ["max_pool_3x3", "skip_connect", "sep_conv_3x3"]
+
+
+def test_drnas_stage_zero_searches_seven_ops_on_a_sixth_of_the_channels():
+    model = DrnasSearch(space="darts", space_options={"C": 12, "layers": 3}, stage=0, num_classes=3, in_channels=1)
+    assert "none" not in SEARCHED and len(SEARCHED) == 7
+    assert set(model.supernet.choices.values()) == {SEARCHED}
+    assert model.hparams.space_options["partial_channels"] == 6
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"stage": 2}, "stages 0, 1"),
+    ({"stage": 1}, "set widen_from"),
+    ({"stage": 0, "partial_channels": 4}, "comes from stage_partial_channels"),
+    ({"stage": 0, "space": "nb201"}, "on the darts space"),
+    ({"stage": 0, "keep_candidates": 8}, "keep 1 to 7"),
+])
+def test_drnas_stage_errors_name_the_fix(kwargs, message):
+    kwargs = {"space": "darts", "space_options": {"C": 12, "layers": 3}, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        DrnasSearch(**kwargs)
+
+
+def test_drnas_stage_one_starts_where_stage_zero_ended(tmp_path, monkeypatch):
+    """Top-4 candidates with their alphas, weights and momentum widened alike, the Adam state of
+    the kept entries, the cosine continued; then a resumable, reloadable stage 1 run."""
+    import lightning as L
+
+    from oneshot.data import DigitsDataModule
+
+    monkeypatch.chdir(tmp_path)
+    main(["search", *DRNAS_STAGES, "--model.init_args.stage", "0", "--trainer.logger.init_args.version", "stage0"])
+    path = os.path.join("runs", "search", "stage0", "checkpoints", "last.ckpt")
+    before = read_checkpoint(path)
+    model = DrnasSearch(space="darts", space_options={"C": 12, "layers": 3}, stage=1, widen_from=path,
+                        cosine_t_max=2, memory_format="contiguous", num_classes=10, in_channels=1)
+    L.Trainer(max_epochs=1, limit_train_batches=0, limit_val_batches=0, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False).fit(model, datamodule=DigitsDataModule())
+    old_state = before["state_dict"]
+    labels = list(model.alphas)
+    for index, label in enumerate(labels):
+        alpha = old_state[f"alphas.{label}"]
+        kept = top_candidates(SEARCHED, alpha.tolist(), 4)
+        assert model.supernet.choices[label] == tuple(kept)
+        positions = [SEARCHED.index(op) for op in kept]
+        torch.testing.assert_close(model.alphas[label].detach(), alpha[positions])
+        adam = model.optimizers()[1].optimizer.state[model.alphas[label]]
+        torch.testing.assert_close(adam["exp_avg"], before["optimizer_states"][1]["state"][index]["exp_avg"][positions])
+    label = labels[0]
+    edge = "cells.0.mixed_ops.0.ops"
+    if "sep_conv_3x3" in model.supernet.choices[label]:
+        j, k = SEARCHED.index("sep_conv_3x3"), model.supernet.choices[label].index("sep_conv_3x3")
+        new, old = model.supernet.state_dict()[f"{edge}.{k}.0.2.weight"], old_state[f"supernet.{edge}.{j}.0.2.weight"]
+        assert new.shape[:2] == (3, 3) and old.shape[:2] == (2, 2) and torch.equal(new[:2, :2], old)
+    sgd = model.optimizers()[0].optimizer
+    old = model.space.build_supernet(**before["hyper_parameters"]["space_options"])
+    old_index = {name: i for i, (name, _) in enumerate(old.named_parameters())}
+    sources = supernet_plan(old, model.supernet, torch.Generator())
+    widened = 0
+    for name, parameter in model.supernet.named_parameters():  # momentum: old part kept, widened as its weight
+        old_buffer = before["optimizer_states"][0]["state"][old_index[sources[name][0]]]["momentum_buffer"]
+        buffer = sgd.state[parameter]["momentum_buffer"]
+        assert buffer.shape == parameter.shape
+        assert torch.equal(buffer[tuple(slice(0, n) for n in old_buffer.shape)], old_buffer)
+        widened += buffer.shape != old_buffer.shape
+    assert widened > 0
+    assert model.epochs_before() == 1  # stage 0 ran one epoch of the 2-epoch cosine
+    model.advance_lr_schedule(0)
+    assert math.isclose(sgd.param_groups[0]["lr"], 0.001 + (0.025 - 0.001) * (1 + math.cos(math.pi / 2)) / 2)
+    # the CLI: stage 1 runs, its checkpoint reloads without stage 0, and its export holds kept ops only
+    main(["search", *DRNAS_STAGES, "--model.init_args.stage", "1", "--model.init_args.widen_from", path,
+          "--trainer.logger.init_args.version", "stage1"])
+    shutil.rmtree(os.path.join("runs", "search", "stage0"))
+    stage1 = load_algorithm(os.path.join("runs", "search", "stage1", "checkpoints", "last.ckpt"))
+    assert {len(c) for c in stage1.supernet.choices.values()} == {4}
+    arch = supernets.get("darts").load(os.path.join("runs", "search", "stage1", "arch.json"))
+    assert arch == stage1.export()
+    assert all(PRIMITIVES[op] in stage1.supernet.choices[f"{label}<-{j}"] for label, v in arch.items() for op, j in v)
+
+
+def test_drnas_stage_one_refuses_a_cosine_that_does_not_continue(tmp_path, monkeypatch):
+    import lightning as L
+
+    from oneshot.data import DigitsDataModule
+
+    monkeypatch.chdir(tmp_path)
+    main(["search", *DRNAS_STAGES, "--model.init_args.stage", "0", "--trainer.logger.init_args.version", "stage0"])
+    path = os.path.join("runs", "search", "stage0", "checkpoints", "last.ckpt")
+    model = DrnasSearch(space="darts", space_options={"C": 12, "layers": 3}, stage=1, widen_from=path,
+                        num_classes=10, in_channels=1)
+    with pytest.raises(ValueError, match="set cosine_t_max to the total of both stages"):
+        L.Trainer(max_epochs=1, limit_train_batches=0, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False).fit(model, datamodule=DigitsDataModule())
+    with pytest.raises(ValueError, match="DrnasSearch checkpoint of stage 0"):
+        DrnasSearch(space="darts", space_options={"C": 12, "layers": 3}, stage=1, widen_from=_pdarts_checkpoint())
+
+
+def _pdarts_checkpoint():
+    main(["search", *CLI, "--model", "oneshot.algorithms.PDartsSearch", "--model.init_args.stage_layers", "[3, 3, 3]",
+          "--trainer.logger.init_args.version", "pdarts"])
+    return os.path.join("runs", "search", "pdarts", "checkpoints", "last.ckpt")
