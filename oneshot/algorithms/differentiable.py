@@ -151,6 +151,14 @@ class DifferentiableSearch(SupernetTraining):
             return p
         return p * epoch / (epochs - 1)
 
+    def on_fit_start(self) -> None:
+        warmup, epochs = self.hparams.get("arch_warmup_epochs"), self.trainer.max_epochs
+        if warmup and epochs is not None and 0 < epochs <= warmup:
+            raise ValueError(f"arch_warmup_epochs={warmup} covers the whole run (max_epochs={epochs}): the "
+                             "architecture would never be trained; lower arch_warmup_epochs below max_epochs "
+                             "or train for more epochs")
+        super().on_fit_start()
+
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
         if self.hparams.get("edge_drop_path"):

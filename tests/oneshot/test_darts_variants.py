@@ -531,3 +531,15 @@ def _pdarts_checkpoint():
     main(["search", *CLI, "--model", "oneshot.algorithms.PDartsSearch", "--model.init_args.stage_layers", "[3, 3, 3]",
           "--trainer.logger.init_args.version", "pdarts"])
     return os.path.join("runs", "search", "pdarts", "checkpoints", "last.ckpt")
+
+
+def test_an_arch_warmup_as_long_as_the_run_is_refused():
+    import lightning as L
+
+    from oneshot.algorithms.pcdarts import PCDartsSearch
+    from oneshot.data import DigitsDataModule
+
+    model = PCDartsSearch(space="nb201", space_options={"C": 4, "N": 1}, partial_channels=2, arch_warmup_epochs=15)
+    with pytest.raises(ValueError, match=r"arch_warmup_epochs=15 covers the whole run \(max_epochs=15\)"):
+        L.Trainer(max_epochs=15, limit_train_batches=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False).fit(model, datamodule=DigitsDataModule())
