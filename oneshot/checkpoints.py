@@ -1,17 +1,22 @@
 """Checkpoints: where they are, what they are, and the random state that makes a resume exact.
 
 One loader (:func:`read_checkpoint`) reads a file and checks its identity for every command
-(search and retrain resumes, discretize, rank); training modules store and restore the process
-random streams with :func:`capture_random_state` / :func:`restore_random_state`.
+(search and retrain resumes, discretize, rank); one writer (:class:`AtomicCheckpointIO`) never
+leaves a half-written file in place of a whole one; training modules store and restore the
+process random streams with :func:`capture_random_state` / :func:`restore_random_state`.
 """
 from __future__ import annotations
 
+import os
 import random
+import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 IDENTITY_KEY = "oneshot"  # checkpoint["oneshot"]: space, algorithm, choices, space options
 
@@ -48,6 +53,9 @@ def read_checkpoint(path: str | Path, expected: Mapping[str, Any] | None = None,
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; pass RUN/checkpoints/last.ckpt of a run")
+    if path.stat().st_size == 0 or (_starts_like_zip(path) and not zipfile.is_zipfile(path)):
+        raise ValueError(f"{path}: a truncated checkpoint ({path.stat().st_size} bytes; an interrupted write?); "
+                         f"pass another checkpoint of {path.parent} or restart the run")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # pickle, zip and torch errors alike: it is not a checkpoint
@@ -67,6 +75,39 @@ def read_checkpoint(path: str | Path, expected: Mapping[str, Any] | None = None,
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
     return checkpoint
+
+
+def _starts_like_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"PK"  # torch.save writes a zip archive
+
+
+def newest_complete_checkpoint(folder: str | Path) -> Path | None:
+    """The newest ``*.ckpt`` of ``folder`` that is a whole archive (a write cut short leaves a
+    temporary file, or with other writers a truncated one), None if there is none."""
+    candidates = sorted(Path(folder).glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return next((p for p in candidates if p.stat().st_size and zipfile.is_zipfile(p)), None)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made safe against a kill during the write: the bytes go to
+    a temporary file beside the target, are flushed to disk, then renamed over it, so the
+    previous checkpoint stays whole until the new one is (Lightning's own writer stages the file
+    in the system temp folder, from where the final move is a copy when that is another disk)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(descriptor, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
 
 
 def _labels(identity: Mapping[str, Any]) -> Any:

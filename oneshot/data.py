@@ -19,14 +19,15 @@ import math
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, NamedTuple
 
 import lightning
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.pytorch.utilities import CombinedLoader
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 import yaml
@@ -47,9 +48,45 @@ class TransformedView(Dataset):
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
+    def __getitem__(self, key: int | SampleKey) -> tuple[Any, int]:
+        index, seed = (key.index, key.seed) if isinstance(key, SampleKey) else (key, None)
         image, label = self.base[index]
-        return (self.transform(image) if self.transform is not None else image), int(label)
+        if self.transform is None:
+            return image, int(label)
+        if seed is None:
+            return self.transform(image), int(label)
+        generator = torch.default_generator  # the CPU stream the transforms draw from
+        state = generator.get_state()  # (torch.random.fork_rng + manual_seed cost 25x more per sample)
+        generator.manual_seed(seed)
+        try:  # this sample's augmentation, whatever ran before; the stream is left as it was
+            return self.transform(image), int(label)
+        finally:
+            generator.set_state(state)
+
+
+class CorruptDataError(ValueError):
+    """The dataset's files are there but cannot be read."""
+
+
+class SampleKey(NamedTuple):
+    """A dataset index with the seed its random augmentation is drawn from (see
+    :class:`ResumableSampler`): the same image of the same epoch is augmented alike in a resumed
+    run, in any worker."""
+
+    index: int
+    seed: int
+
+
+class KeyedSubset(Subset):
+    """``Subset`` that passes a :class:`SampleKey` on, with the index mapped."""
+
+    def __getitem__(self, key: int | SampleKey) -> Any:
+        if isinstance(key, SampleKey):
+            return self.dataset[SampleKey(self.indices[key.index], key.seed)]
+        return super().__getitem__(key)
+
+    def __getitems__(self, keys: list[Any]) -> list[Any]:
+        return [self[key] for key in keys]
 
 
 class Cutout:
@@ -152,6 +189,48 @@ def read_split_file(path: str | Path) -> dict[str, list[int]]:
 
 
 # --------------------------------------------------------------------------------------------
+# Sampling that survives an interruption
+# --------------------------------------------------------------------------------------------
+def run_seed() -> int:
+    """The run's seed (``seed_everything`` sets ``PL_GLOBAL_SEED`` on every rank), 0 without one."""
+    try:
+        return int(os.environ.get("PL_GLOBAL_SEED", "0"))
+    except ValueError:
+        return 0
+
+
+class ResumableSampler(DistributedSampler):
+    """A shuffling sampler whose order is a function of (seed, epoch), sharded over the DDP ranks,
+    that can start an epoch after its first ``k`` batches; ``keyed`` yields :class:`SampleKey`
+    s, so that each sample's augmentation is seeded by (seed, epoch, index) too.
+
+    ``DataLoader(shuffle=True)`` draws its order from the process random stream, which a resumed
+    process cannot reproduce. This order is ``DistributedSampler``'s (``set_epoch`` is called by
+    Lightning each epoch; Lightning leaves a ``DistributedSampler`` unwrapped), so a run resumed
+    after batch ``k`` of an epoch calls :meth:`skip_batches` and continues with batch ``k + 1``.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, keyed: bool = False) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        super().__init__(dataset, num_replicas=dist.get_world_size() if distributed else 1,
+                         rank=dist.get_rank() if distributed else 0, shuffle=True, seed=seed, drop_last=False)
+        self.batch_size, self.keyed = batch_size, keyed
+        self._skip = 0
+
+    def skip_batches(self, batches: int) -> None:
+        """Start the next iteration after ``batches`` batches of this rank's order (once)."""
+        self._skip = max(int(batches), 0)
+
+    def __iter__(self) -> Iterator[Any]:
+        order = list(super().__iter__())
+        start, self._skip = self._skip * self.batch_size, 0
+        if not self.keyed:
+            return iter(order[start:])
+        epoch_seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019
+        return iter(SampleKey(i, (epoch_seed + i) % 2**63) for i in order[start:])
+
+
+# --------------------------------------------------------------------------------------------
 # Base data module
 # --------------------------------------------------------------------------------------------
 class ImageDataModule(lightning.LightningDataModule):
@@ -242,8 +321,7 @@ class ImageDataModule(lightning.LightningDataModule):
     def prepare_data(self) -> None:
         """Downloads (rank 0 only, by Lightning's contract) when allowed, then checks the files."""
         if self.download and self.can_download and self._missing():
-            self.build_train_set(None)  # torchvision downloads on construction
-            self.build_test_set(None)
+            self.read_data()  # torchvision downloads on construction
         self.check_data()
 
     def check_data(self) -> None:
@@ -254,6 +332,20 @@ class ImageDataModule(lightning.LightningDataModule):
             raise FileNotFoundError(f"{self.display_name} not found: looked for {looked}. "
                                     f"Fix: {self.missing_data_fix()}.")
 
+    def read_data(self) -> tuple[Dataset, Dataset]:
+        """The raw train and test sets; files that are there but unreadable (a cut-short download,
+        a failed checksum) are one error naming the folder and the fix, not a traceback."""
+        try:
+            return self.build_train_set(None), self.build_test_set(None)
+        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as error:
+            if isinstance(error, FileNotFoundError) and not self.required_paths():
+                raise
+            folders = ", ".join(str(p.resolve()) for p in self.required_paths()) or str(Path(self.root).resolve())
+            fix = (f"delete {folders} and run again with --data.download true" if self.can_download else
+                   f"replace {folders} with a complete copy ({self.missing_data_fix()})")
+            raise CorruptDataError(f"{self.display_name} under {folders} is corrupt or incomplete "
+                                   f"({type(error).__name__}: {str(error).strip()}). Fix: {fix}.") from None
+
     def _missing(self) -> list[Path]:
         return [p for p in self.required_paths() if not p.exists()]
 
@@ -263,17 +355,17 @@ class ImageDataModule(lightning.LightningDataModule):
         if self.train_set is not None:
             return
         self.check_data()
-        raw_train, raw_test = self.build_train_set(None), self.build_test_set(None)
+        raw_train, raw_test = self.read_data()
         train_tf, eval_tf = self.train_transform_with_cutout(), self.eval_transform()
         self.train_set = TransformedView(raw_train, train_tf)
         self.test_set: Dataset = TransformedView(raw_test, eval_tf)
         weight_idx, arch_source, arch_idx, test_idx = self._split(len(raw_train), len(raw_test))
         raw_arch = raw_test if arch_source == "test" else raw_train
-        self.weight_set: Dataset = Subset(self.train_set, weight_idx)
-        self.arch_set: Dataset = Subset(TransformedView(raw_arch, train_tf), arch_idx)  # DARTS: train aug
-        self.arch_eval_set: Dataset = Subset(TransformedView(raw_arch, eval_tf), arch_idx)  # monitoring
+        self.weight_set: Dataset = KeyedSubset(self.train_set, weight_idx)
+        self.arch_set: Dataset = KeyedSubset(TransformedView(raw_arch, train_tf), arch_idx)  # DARTS: train aug
+        self.arch_eval_set: Dataset = KeyedSubset(TransformedView(raw_arch, eval_tf), arch_idx)  # monitoring
         if test_idx is not None:
-            self.test_set = Subset(self.test_set, test_idx)
+            self.test_set = KeyedSubset(self.test_set, test_idx)
 
     def _split(self, n_train: int, n_test: int) -> tuple[list[int], str, list[int], list[int] | None]:
         """Returns (weight indices, 'train'|'test' source of the arch half, arch indices, test indices)."""
@@ -303,9 +395,13 @@ class ImageDataModule(lightning.LightningDataModule):
                              f"of {self.display_name} ({size} images)")
 
     # -- loaders ----------------------------------------------------------------------------
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        # plain DataLoader(shuffle=...) so that Lightning can swap in a DistributedSampler under DDP
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False,
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, stream: int = 0) -> DataLoader:
+        """A shuffled loader draws its order from a :class:`ResumableSampler` (seeded by the run's
+        seed, the stream and the epoch, sharded under DDP), so a run resumed mid-epoch sees the
+        batches the uninterrupted one would; evaluation loaders keep their order."""
+        keyed = isinstance(dataset, (KeyedSubset, TransformedView))
+        sampler = ResumableSampler(dataset, batch_size, seed=run_seed() + 7919 * stream, keyed=keyed) if shuffle else None
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=False,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
 
@@ -316,7 +412,7 @@ class ImageDataModule(lightning.LightningDataModule):
         if not self.paired_batches:
             return self._loader(self.weight_set, self.batch_size, shuffle=True)
         return CombinedLoader({"train": self._loader(self.weight_set, self.batch_size, shuffle=True),
-                               "val": self._loader(self.arch_set, self.batch_size, shuffle=True)},
+                               "val": self._loader(self.arch_set, self.batch_size, shuffle=True, stream=1)},
                               mode="max_size_cycle")
 
     def val_dataloader(self) -> DataLoader:

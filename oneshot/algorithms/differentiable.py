@@ -152,7 +152,7 @@ class DifferentiableSearch(SupernetTraining):
         return p * epoch / (epochs - 1)
 
     def on_fit_start(self) -> None:
-        warmup, epochs = self.hparams.get("arch_warmup_epochs"), self.trainer.max_epochs
+        warmup, epochs = self.hparams.get("arch_warmup_epochs"), getattr(self._trainer, "max_epochs", None)
         if warmup and epochs is not None and 0 < epochs <= warmup:
             raise ValueError(f"arch_warmup_epochs={warmup} covers the whole run (max_epochs={epochs}): the "
                              "architecture would never be trained; lower arch_warmup_epochs below max_epochs "

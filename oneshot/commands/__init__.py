@@ -42,8 +42,12 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     try:
         importlib.import_module(f"oneshot.commands.{command}").main(rest)
-    except USER_ERRORS as error:
-        if os.environ.get("ONESHOT_DEBUG"):
+    except Exception as error:
+        faults = sys.modules.get("oneshot.faults")  # loaded by any command that trains (it needs lightning)
+        if faults is not None and isinstance(error, faults.Preempted):  # a scheduler's signal
+            print(f"oneshot {command}: {error}", file=sys.stderr)
+            sys.exit(128 + error.signum)
+        if not isinstance(error, USER_ERRORS) or os.environ.get("ONESHOT_DEBUG"):
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"oneshot {command}: error: {message}", file=sys.stderr)

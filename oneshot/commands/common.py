@@ -3,6 +3,7 @@ command takes, trainer defaults, and how a stage is pointed at its folder and it
 from __future__ import annotations
 
 import inspect
+import logging
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,12 +14,31 @@ class UserError(ValueError):
     """A mistake in the input that the message explains; printed without a traceback."""
 
 
+class LightningBanners(logging.Filter):
+    """Drops Lightning's start-up lines that a oneshot command's summary makes redundant."""
+
+    NOISE = ("Tip:", "GPU available:", "TPU available:", "HPU available:", "Seed set to", "LOCAL_RANK:",
+             "`Trainer(limit_val_batches=1.0)`")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in self.NOISE)
+
+
 def quiet_lightning() -> None:
-    """Lightning's own noise: we pass argv on purpose; its pytree shim warns on every epoch."""
+    """Lightning's own noise: we pass argv on purpose; its pytree shim warns on every epoch; its
+    advertisement (the litlogger tip), accelerator banner and seed line repeat what the command's
+    own summary says; a mid-epoch resume is exact here (oneshot.faults), not 'unreliable'."""
     import warnings
 
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed",
+                 "lightning.pytorch.accelerators.cuda", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, LightningBanners) for f in logger.filters):
+            logger.addFilter(LightningBanners())
 
 
 def add_run_arguments(parser: Any, defaults: dict, model_prefix: str) -> None:
@@ -26,9 +46,14 @@ def add_run_arguments(parser: Any, defaults: dict, model_prefix: str) -> None:
     data module's num_classes / in_channels linked into the model."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from oneshot.faults import MemoryCheck, NonFiniteGuard, Preemption
+
     parser.add_argument("--ckpt_path", type=Optional[str], default=None,
                         help="resume from this checkpoint (RUN/checkpoints/last.ckpt)")
     parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+    parser.add_lightning_class_args(Preemption, "preemption")
+    parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+    parser.add_lightning_class_args(MemoryCheck, "memory_check")
     parser.set_defaults({"checkpoint.save_last": True,
                          "data": {"class_path": "oneshot.data.DigitsDataModule"}, **defaults})
     parser.link_arguments("data.num_classes", f"{model_prefix}.num_classes", apply_on="instantiate")

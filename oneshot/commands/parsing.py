@@ -456,4 +456,12 @@ def lightning_cli_class() -> type:
             kwargs.setdefault("parser_class", OneLineLightningParser)
             super().__init__(*args, **kwargs)
 
+        def instantiate_trainer(self, **kwargs: Any) -> Any:
+            """The trainer, writing its checkpoints atomically (a kill mid-write keeps the last one)."""
+            from oneshot.checkpoints import AtomicCheckpointIO
+
+            trainer = super().instantiate_trainer(**kwargs)
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+            return trainer
+
     return OneLineLightningCLI

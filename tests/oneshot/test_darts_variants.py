@@ -529,7 +529,7 @@ def test_drnas_stage_one_refuses_a_cosine_that_does_not_continue(tmp_path, monke
 
 def _pdarts_checkpoint():
     main(["search", *CLI, "--model", "oneshot.algorithms.PDartsSearch", "--model.init_args.stage_layers", "[3, 3, 3]",
-          "--trainer.logger.init_args.version", "pdarts"])
+          "--model.init_args.arch_warmup_epochs", "0", "--trainer.logger.init_args.version", "pdarts"])
     return os.path.join("runs", "search", "pdarts", "checkpoints", "last.ckpt")
 
 
