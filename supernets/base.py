@@ -88,9 +88,14 @@ class Arch(Mapping):
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Arch":
-        if "space" not in data or "choices" not in data:
+        if not isinstance(data, Mapping) or "space" not in data or "choices" not in data:
             raise ValueError("an arch JSON object needs the keys 'space' and 'choices'")
-        return cls(data["space"], data["choices"])
+        if not isinstance(data["space"], str) or not isinstance(data["choices"], Mapping):
+            raise ValueError("an arch JSON object has a string 'space' and an object 'choices' (label -> choice)")
+        try:
+            return cls(data["space"], data["choices"])
+        except TypeError as error:
+            raise ValueError(f"arch JSON: {error}") from None
 
 
 def read_arch_text(text_or_path: str) -> str:
@@ -142,9 +147,18 @@ class SearchSpace(ABC):
         under ``arch``) -> Arch of this space; ValueError when it is not JSON."""
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, RecursionError) as error:
             raise ValueError(f"invalid arch JSON: {error}") from None
-        return self.check(Arch.from_json(data.get("arch", data) if "choices" not in data else data))
+        if not isinstance(data, dict):
+            raise ValueError(f"arch JSON is an object with 'space' and 'choices', not a {type(data).__name__}")
+        arch = self.check(Arch.from_json(data.get("arch", data) if "choices" not in data else data))
+        try:  # the space's own string parser is its validity check: labels, ranges, shapes
+            valid = self.parse_string(self.format(arch)) == arch
+        except (ValueError, KeyError, IndexError, TypeError) as error:
+            raise ValueError(f"arch JSON is not a valid {self.name} arch: {error}") from None
+        if not valid:
+            raise ValueError(f"arch JSON is not a valid {self.name} arch: its choices do not round-trip")
+        return arch
 
     def check(self, arch: Arch) -> Arch:
         """Raise ValueError if ``arch`` belongs to another space; return it otherwise."""
