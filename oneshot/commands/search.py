@@ -18,17 +18,15 @@ from oneshot.commands.parsing import lightning_cli_class
 HELP = "train a supernet and export its architecture (LightningCLI; --help for options)"
 
 
-def check_strategy(trainer: Any, model: Any) -> None:
+def select_ddp_setting(trainer: Any, model: Any) -> None:
     """Single-path algorithms leave unsampled candidates without gradients, which plain DDP
-    rejects at the first backward; say so before anything runs."""
+    rejects at the first backward: their DDP looks for unused parameters, chosen here rather
+    than asked of the user."""
     from lightning.pytorch.strategies import DDPStrategy
 
     strategy = trainer.strategy
-    if (getattr(model, "single_path", False) and isinstance(strategy, DDPStrategy)
-            and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters")):
-        raise UserError(f"{type(model).__name__} trains one sampled path per step, so the other candidates "
-                        "get no gradient and plain DDP stops at the first backward: use "
-                        "--trainer.strategy ddp_find_unused_parameters_true")
+    if getattr(model, "single_path", False) and isinstance(strategy, DDPStrategy):
+        strategy._ddp_kwargs["find_unused_parameters"] = True
 
 
 DEFAULT_MODEL = "oneshot.algorithms.DartsSearch"
@@ -65,7 +63,7 @@ def main(argv: list[str]) -> None:
         save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "oneshot search"},
         trainer_defaults=trainer_defaults("search"),
     )
-    check_strategy(cli.trainer, cli.model)
+    select_ddp_setting(cli.trainer, cli.model)
     ckpt_path = cli.config.get("ckpt_path")
     if ckpt_path:
         try:

@@ -140,11 +140,3 @@ def test_second_order_search_in_the_darts_space(tmp_path, monkeypatch):
     assert model.hparams.unrolled and model.export() == arch
 
 
-def test_single_path_search_under_plain_ddp_is_refused_before_training(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["search", *TINY, "--model", "oneshot.algorithms.GdasSearch", "--trainer.accelerator", "cpu",
-              "--trainer.strategy", "ddp", "--trainer.devices", "2"])
-    assert exit_info.value.code == 2
-    assert "ddp_find_unused_parameters_true" in capsys.readouterr().err
-    assert not os.path.exists("runs/search/version_0/checkpoints")
