@@ -38,7 +38,8 @@ TIMER = textwrap.dedent('''
 ''')
 ALGORITHMS = {
     "darts": ["--model", "oneshot.algorithms.DartsSearch", "--model.init_args.space_options", "{C: 16, N: 5}"],
-    "spos": ["--config", str(ROOT / "experiments" / "spos_digits_cpu.yaml"), "--model.init_args.selection", "rule"],
+    "spos": ["--config", str(ROOT / "experiments" / "spos_digits_cpu.yaml"), "--model.init_args.selection", "best_of_n",
+             "--model.init_args.selection_samples", "2"],
 }
 
 

@@ -41,7 +41,7 @@ class RandomBatches(L.LightningDataModule):
                      for _ in range(batches)]
 
     def train_dataloader(self):
-        return self.data
+        return torch.utils.data.DataLoader(self.data, batch_size=None)  # the prepared batches, as they are
 
 
 def fit_time(space: str, options: dict, batches: int, batch_size: int, guarded: bool) -> float:
